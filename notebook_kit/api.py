@@ -1,0 +1,264 @@
+"""The public functions: run a frame, re-run its failures, find what the last run left."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterable
+from difflib import get_close_matches
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import frame as frames
+from . import history
+from .config import Limits, RetryPolicy, RunConfig
+from .errors import ConfigError, RunError
+from .job import Job
+from .loops import run_blocking
+from .providers import DEMO_NOTICE, Provider, resolve
+from .report import RunReport
+from .types import ErrorType
+
+_OPTIONS = (
+    "template system messages_col system_col model_col provider model base_url api_key "
+    "concurrency rpm tpm max_attempts timeout output_col progress limit"
+).split()
+_INPUT_OPTIONS = ("prompt", "template", "messages_col", "system", "system_col", "model_col")
+
+
+async def run_df(
+    data: pd.DataFrame | pd.Series,
+    prompt: str | None = None,
+    *,
+    template: str | None = None,
+    system: str | None = None,
+    messages_col: str | None = None,
+    system_col: str | None = None,
+    model_col: str | None = None,
+    provider: str | Provider | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    concurrency: int = 8,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    max_attempts: int = 5,
+    timeout: float = 120.0,
+    output_col: str = "response",
+    progress: bool = True,
+    limit: int | None = None,
+    **params: Any,
+) -> pd.DataFrame:
+    """Send one request per row, concurrently; return a copy of the frame with the replies.
+
+    `prompt` names the column to send (or pass a Series); or build prompts with
+    `template="... {column} ..."`, or send ready chat message lists with `messages_col=`.
+    Other keyword arguments (temperature, max_tokens, seed, ...) go to the model as is.
+    Failed rows become data (`status`, `error`, `error_type`); re-run them with
+    `await retry_failed(result)`. Use `run_df_sync` where you cannot `await`.
+    """
+    job = _job(**locals())
+    return await job.run()
+
+
+def run_df_sync(
+    data: pd.DataFrame | pd.Series,
+    prompt: str | None = None,
+    *,
+    template: str | None = None,
+    system: str | None = None,
+    messages_col: str | None = None,
+    system_col: str | None = None,
+    model_col: str | None = None,
+    provider: str | Provider | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    concurrency: int = 8,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    max_attempts: int = 5,
+    timeout: float = 120.0,
+    output_col: str = "response",
+    progress: bool = True,
+    limit: int | None = None,
+    **params: Any,
+) -> pd.DataFrame:
+    """`run_df` for scripts and for notebooks without `await` (runs on a private loop there).
+
+    Ctrl-C / kernel interrupt cancels in-flight calls; `last_result()` keeps the rows done.
+    """
+    job = _job(**locals())
+    return run_blocking(job.run())
+
+
+async def retry_failed(
+    result: pd.DataFrame,
+    *,
+    only: Iterable[str] | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> pd.DataFrame:
+    """Re-run the rows whose status is not `ok` (or only those with the given error types).
+
+    Same settings as the run that made `result`, unless overridden (e.g. `concurrency=2`).
+    Returns the whole frame with those rows replaced; `attempts` adds up.
+    """
+    meta = result.attrs.get(frames.META_KEY)
+    if not isinstance(meta, dict):
+        raise ConfigError(
+            "this frame carries no notebook_kit settings (result.attrs['notebook_kit'] is gone, "
+            "e.g. after pd.concat); run it again with run_df(...)"
+        )
+    mask = result["status"].ne("ok").fillna(True)
+    if only is not None:
+        kinds = _error_types(only)
+        mask &= result["error_type"].isin(kinds).fillna(False)
+    positions = np.flatnonzero(mask.to_numpy(dtype=bool))
+    if len(positions) == 0:
+        return result.copy()
+    job = _retry_job(result.iloc[positions], meta, progress=progress, overrides=overrides)
+    try:
+        rerun = await job.run()
+    except (asyncio.CancelledError, RunError) as exc:
+        merged = _merged(result, positions, job, meta)
+        if isinstance(exc, RunError):
+            exc.partial = merged
+        raise
+    return _merged(result, positions, job, meta, rerun)
+
+
+def last_result() -> pd.DataFrame | None:
+    """The frame of the last run in this process, also when it was interrupted or failed."""
+    return history.last_frame()
+
+
+def last_report() -> RunReport | None:
+    """Per-attempt records of the last run (for timelines); see `RunReport.attempts()`."""
+    record = history.last_record()
+    return record.report if record else None
+
+
+def report(result: pd.DataFrame) -> RunReport:
+    """The run report of a result frame (kept in memory for the last 32 runs)."""
+    meta = result.attrs.get(frames.META_KEY) or {}
+    record = history.lookup(meta.get("run_id"))
+    if record is None:
+        raise ConfigError("no report for this frame in this process (reports live in memory)")
+    return record.report
+
+
+def _job(
+    *,
+    data: pd.DataFrame | pd.Series,
+    provider: str | Provider | None,
+    base_url: str | None,
+    api_key: str | None,
+    model: str | None,
+    concurrency: int,
+    rpm: float | None,
+    tpm: float | None,
+    max_attempts: int,
+    timeout: float,
+    progress: bool,
+    params: dict[str, Any],
+    **inputs: Any,
+) -> Job:
+    _check_params(params)
+    plan = frames.plan(data, **inputs)
+    chosen, is_fallback = resolve(provider, base_url=base_url, api_key=api_key)
+    if is_fallback:
+        print(DEMO_NOTICE)
+    config = RunConfig(
+        model=model or chosen.default_model,
+        limits=Limits(concurrency=concurrency, rpm=rpm, tpm=tpm),
+        retry=RetryPolicy(max_attempts=max_attempts),
+        timeout=timeout,
+        params={**chosen.defaults(), **params},
+    )
+    return Job(plan, chosen, config, progress=progress)
+
+
+def _retry_job(
+    rows: pd.DataFrame, meta: dict[str, Any], *, progress: bool, overrides: dict[str, Any]
+) -> Job:
+    _check_params({k: v for k, v in overrides.items() if k not in _OPTIONS})
+    inputs = {k: meta[k] for k in _INPUT_OPTIONS if k in meta}
+    inputs |= {k: overrides.pop(k) for k in (*_INPUT_OPTIONS, "output_col") if k in overrides}
+    plan = frames.plan(rows, output_col=meta.get("output_col", "response"), **inputs)
+    record = history.lookup(meta.get("run_id"))
+    if record is not None and not {"provider", "base_url", "api_key"} & overrides.keys():
+        chosen, base = record.provider, record.config
+    else:
+        chosen, _ = resolve(
+            overrides.pop("provider", None) or meta.get("provider"),
+            base_url=overrides.pop("base_url", None)
+            or meta.get("provider_settings", {}).get("base_url"),
+            api_key=overrides.pop("api_key", None),
+        )
+        base = RunConfig(
+            model=meta.get("model") or chosen.default_model,
+            limits=Limits(
+                concurrency=meta.get("concurrency", 8), rpm=meta.get("rpm"), tpm=meta.get("tpm")
+            ),
+            retry=RetryPolicy(max_attempts=meta.get("max_attempts", 5)),
+            timeout=meta.get("timeout", 120.0),
+            params=dict(meta.get("params", {})),
+        )
+    limits = dataclasses.replace(
+        base.limits,
+        **{k: overrides.pop(k) for k in ("concurrency", "rpm", "tpm") if k in overrides},
+    )
+    retry = base.retry
+    if "max_attempts" in overrides:
+        retry = dataclasses.replace(retry, max_attempts=overrides.pop("max_attempts"))
+    config = dataclasses.replace(
+        base,
+        model=overrides.pop("model", base.model),
+        timeout=overrides.pop("timeout", base.timeout),
+        limits=limits,
+        retry=retry,
+        params={**base.params, **overrides},
+    )
+    return Job(plan, chosen, config, progress=progress)
+
+
+def _merged(
+    result: pd.DataFrame,
+    positions: np.ndarray[Any, Any],
+    job: Job,
+    meta: dict[str, Any],
+    rerun: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    rerun = rerun if rerun is not None else job.result
+    assert rerun is not None
+    merged = frames.merge(result, positions, rerun, job.plan.added_columns)
+    counts = merged["status"].value_counts()
+    merged.attrs[frames.META_KEY] = {
+        **meta,
+        **rerun.attrs[frames.META_KEY],
+        "counts": {str(k): int(v) for k, v in counts.items()},
+        "retried_rows": len(positions),
+        "retried_from": meta.get("run_id"),
+    }
+    history.set_last(merged)
+    return merged
+
+
+def _error_types(only: Iterable[str]) -> list[str]:
+    kinds = [str(k) for k in ([only] if isinstance(only, str) else only)]
+    known = {e.value for e in ErrorType}
+    unknown = [k for k in kinds if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown error type(s) {unknown}; known: {sorted(known)}")
+    return kinds
+
+
+def _check_params(params: dict[str, Any]) -> None:
+    """Model parameters pass through as is; one that looks like a typo of ours is an error."""
+    for name in params:
+        close = get_close_matches(name, _OPTIONS, n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(f"unknown option {name}=...; did you mean {close[0]}=...?")

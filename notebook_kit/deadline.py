@@ -1,0 +1,59 @@
+"""A per-attempt timeout that does not punish a request for the event loop's own stalls.
+
+In a notebook a blocking cell can freeze the kernel's loop for seconds. When it resumes,
+a plain `asyncio.timeout` fires before the reply that arrived meanwhile is read, so a paid
+answer would be thrown away and bought again. This deadline notices that its timer ran
+late and gives the request a short grace period to deliver what is already there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+STALL = 0.25  # a timer this late means the loop itself was stalled
+GRACE = 1.0  # seconds a stalled request gets to deliver a reply that arrived meanwhile
+
+
+class Deadline:
+    """`async with Deadline(seconds):` raises TimeoutError if the body takes too long."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._task: asyncio.Task[object] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._expired = False
+
+    async def __aenter__(self) -> Deadline:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Deadline must be used inside a task")
+        self._task = task
+        self._arm(asyncio.get_running_loop().time() + self._seconds)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        expired = self._expired and exc_type is asyncio.CancelledError
+        if expired and self._task is not None and self._task.uncancel() == 0:
+            raise TimeoutError(f"no reply within {self._seconds:g} s") from None
+
+    def _arm(self, due: float) -> None:
+        self._due = due
+        self._handle = asyncio.get_running_loop().call_at(due, self._on_due)
+
+    def _on_due(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._due > STALL:
+            self._arm(now + GRACE)  # we were not running: let pending I/O be read first
+            return
+        self._expired = True
+        assert self._task is not None
+        self._task.cancel()

@@ -1,0 +1,337 @@
+"""DataFrame in, requests out; results in, DataFrame out. Rows are matched by position only.
+
+Input rules (checked before any call):
+- exactly one of a prompt column (or a Series), `template=` or `messages_col=`;
+- every named column must exist (the error lists the ones that do);
+- a missing, NaN or blank prompt makes the row `skipped`; numbers and booleans are sent as
+  `str(value)`; other objects (lists, dicts, bytes) fail their row as `invalid_input`;
+- the frame may not hold a column the kit adds, unless it is a frame the kit produced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import string
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from difflib import get_close_matches
+from numbers import Number
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+from .types import ErrorType, Request, RowResult, RowStatus
+
+STATUS_COLUMNS = (
+    "status",
+    "error",
+    "error_type",
+    "attempts",
+    "latency_s",
+    "input_tokens",
+    "output_tokens",
+    "finish_reason",
+    "request_id",
+    "model",
+)
+_DTYPES = {
+    "attempts": "Int64",
+    "latency_s": "Float64",
+    "input_tokens": "Int64",
+    "output_tokens": "Int64",
+}
+META_KEY = "notebook_kit"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """A validated input: the frame to run and how each row becomes a request."""
+
+    frame: pd.DataFrame  # the user's rows, without columns of an earlier run
+    output_col: str
+    prompt: str | None = None
+    template: str | None = None
+    messages_col: str | None = None
+    system: str | None = None
+    system_col: str | None = None
+    model_col: str | None = None
+
+    @property
+    def added_columns(self) -> list[str]:
+        return [self.output_col, *STATUS_COLUMNS]
+
+    def describe(self) -> dict[str, Any]:
+        """The input settings, for the result's attrs (and for `retry_failed`)."""
+        keys = ("prompt", "template", "messages_col", "system", "system_col", "model_col")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None} | {
+            "output_col": self.output_col
+        }
+
+    def requests(self, params: dict[str, Any]) -> Iterator[Request | RowResult]:
+        """One item per row, lazily: a request, or a final result for rows that cannot run."""
+        frame = self.frame
+        systems = frame[self.system_col].tolist() if self.system_col else None
+        models = frame[self.model_col].tolist() if self.model_col else None
+        for key, content in enumerate(self._contents()):
+            if isinstance(content, RowResult):
+                yield content
+                continue
+            system = _text(systems[key]) if systems is not None else self.system
+            messages = (
+                content if isinstance(content, list) else [{"role": "user", "content": content}]
+            )
+            if system and not any(m.get("role") == "system" for m in messages):
+                messages = [{"role": "system", "content": system}, *messages]
+            problem = _encoding_problem(messages)
+            if problem:
+                yield _row_fault(key, ErrorType.INVALID_INPUT, problem)
+                continue
+            model = _text(models[key]) if models is not None else None
+            yield Request(key=key, messages=messages, model=model, params=params)
+
+    def _contents(self) -> Iterator[str | list[dict[str, Any]] | RowResult]:
+        frame = self.frame
+        if self.messages_col is not None:
+            for key, value in enumerate(frame[self.messages_col].tolist()):
+                yield _messages(key, value)
+        elif self.template is not None:
+            fields = template_fields(self.template)
+            columns = {name: frame[name].tolist() for name in fields}
+            for key in range(len(frame)):
+                row = {name: values[key] for name, values in columns.items()}
+                empty = [name for name, value in row.items() if _is_missing(value)]
+                if empty:
+                    yield _skip(key, f"template field {empty[0]!r} is empty")
+                else:
+                    yield self.template.format_map(row)
+        else:
+            assert self.prompt is not None
+            for key, value in enumerate(frame[self.prompt].tolist()):
+                yield _prompt(key, value)
+
+
+def plan(
+    data: pd.DataFrame | pd.Series,
+    prompt: str | None = None,
+    *,
+    template: str | None = None,
+    messages_col: str | None = None,
+    system: str | None = None,
+    system_col: str | None = None,
+    model_col: str | None = None,
+    output_col: str = "response",
+    limit: int | None = None,
+) -> Plan:
+    """Check the input and settle how rows become requests. Raises `ConfigError`."""
+    if isinstance(data, pd.Series):
+        if prompt is not None or messages_col is not None:
+            raise ConfigError("with a Series the Series is the prompt: drop prompt=/messages_col=")
+        name = data.name if isinstance(data.name, str) else "prompt"
+        data = data.to_frame(name)
+        if template is None:
+            prompt = name
+    if not isinstance(data, pd.DataFrame):
+        raise ConfigError(f"expected a pandas DataFrame or Series, got {type(data).__name__}")
+    given = [x for x in (prompt, template, messages_col) if x is not None]
+    if len(given) != 1:
+        raise ConfigError(
+            "say what to send: a prompt column (run_df(df, 'prompt')), template='...{col}...', "
+            "or messages_col='...' (exactly one of them)"
+        )
+    if limit is not None:
+        if limit < 0:
+            raise ConfigError(f"limit must be >= 0, got {limit}")
+        data = data.iloc[:limit]
+    frame = without_kit_columns(data, output_col)
+    named = [c for c in (prompt, messages_col, system_col, model_col) if c is not None]
+    if template is not None:
+        named += template_fields(template)
+    for column in named:
+        _require_column(frame, column)
+    clash = [c for c in (output_col, *STATUS_COLUMNS) if c in frame.columns]
+    if clash:
+        raise ConfigError(
+            f"the frame already has column(s) {clash} that the kit adds; rename them "
+            "(df.rename(columns={...})) or choose another output_col=..."
+        )
+    return Plan(
+        frame=frame,
+        output_col=output_col,
+        prompt=prompt,
+        template=template,
+        messages_col=messages_col,
+        system=system,
+        system_col=system_col,
+        model_col=model_col,
+    )
+
+
+def without_kit_columns(data: pd.DataFrame, output_col: str) -> pd.DataFrame:
+    """A frame the kit produced may be run again: its added columns are dropped first."""
+    meta = data.attrs.get(META_KEY)
+    if isinstance(meta, Mapping):
+        added = [str(c) for c in meta.get("columns", ())]
+    elif set(STATUS_COLUMNS) <= set(data.columns):
+        added = [*STATUS_COLUMNS, output_col]
+    else:
+        return data
+    return data.drop(columns=[c for c in added if c in data.columns])
+
+
+def template_fields(template: str) -> list[str]:
+    """Column names a template refers to, in order, without repeats."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(
+            f"the template is not valid: {exc} (write {{{{ and }}}} for braces)"
+        ) from None
+    for _, field, _, _ in parsed:
+        if field is None:
+            continue
+        name = field.split(".", 1)[0].split("[", 1)[0]
+        if not name or name.isdigit():
+            raise ConfigError("template fields must name columns, e.g. 'Summarize: {text}'")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def build(
+    plan: Plan,
+    results: Mapping[int, RowResult],
+    *,
+    unfinished: RowStatus = RowStatus.CANCELLED,
+    reason: str | None = None,
+) -> pd.DataFrame:
+    """The input frame plus the output and status columns, rows in input order."""
+    columns = result_columns(len(plan.frame), results, unfinished=unfinished, reason=reason)
+    columns[plan.output_col] = columns.pop("text")
+    added = {name: columns[name] for name in plan.added_columns}
+    return plan.frame.assign(**added)
+
+
+def result_columns(
+    n: int,
+    results: Mapping[int, RowResult],
+    *,
+    unfinished: RowStatus,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """Column arrays (position-aligned) for `n` rows from results keyed by position."""
+    names = ("text", *STATUS_COLUMNS)
+    values: dict[str, list[Any]] = {name: [None] * n for name in names}
+    status = values["status"]
+    for key in range(n):
+        status[key] = unfinished.value
+    if unfinished is RowStatus.CANCELLED:
+        values["error"] = [reason or "not run"] * n
+        values["error_type"] = [ErrorType.CANCELLED.value] * n
+        values["attempts"] = [0] * n
+    for key, result in results.items():
+        for name in names:
+            value = getattr(result, name)
+            values[name][key] = value.value if hasattr(value, "value") else value
+    arrays: dict[str, Any] = {}
+    for name, column in values.items():
+        arrays[name] = pd.array(column, dtype=_DTYPES.get(name, "string"))  # type: ignore[call-overload]
+    return arrays
+
+
+def merge(
+    result: pd.DataFrame,
+    positions: np.ndarray[Any, Any],
+    rerun: pd.DataFrame,
+    columns: Sequence[str],
+) -> pd.DataFrame:
+    """`result` with `columns` of the rows at `positions` taken from `rerun`; attempts add up."""
+    merged = result.copy()
+    rows = positions
+    before = merged["attempts"].to_numpy(dtype="int64", na_value=0)[rows]
+    for column in columns:
+        values = merged[column].array.copy()
+        values[rows] = rerun[column].array
+        merged[column] = values
+    attempts = merged["attempts"].array.copy()
+    attempts[rows] = before + rerun["attempts"].to_numpy(dtype="int64", na_value=0)
+    merged["attempts"] = attempts
+    return merged
+
+
+def _require_column(frame: pd.DataFrame, column: str) -> None:
+    if column in frame.columns:
+        return
+    existing = [str(c) for c in frame.columns]
+    close = get_close_matches(column, existing, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"no column {column!r}; the frame has {existing}.{hint}")
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _text(value: Any) -> str | None:
+    return None if _is_missing(value) or str(value).strip() == "" else str(value)
+
+
+def _prompt(key: int, value: Any) -> str | RowResult:
+    if _is_missing(value) or (isinstance(value, str) and not value.strip()):
+        return _skip(key, "the prompt is empty")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Number | bool):
+        return str(value)
+    return _row_fault(
+        key,
+        ErrorType.INVALID_INPUT,
+        f"the prompt must be text, got {type(value).__name__}; "
+        "use messages_col=... for rows that hold chat message lists",
+    )
+
+
+def _messages(key: int, value: Any) -> list[dict[str, Any]] | RowResult:
+    if _is_missing(value):
+        return _skip(key, "the message list is empty")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return _row_fault(key, ErrorType.INVALID_INPUT, "messages_col holds text, not JSON")
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    valid = isinstance(value, list) and all(
+        isinstance(m, Mapping) and "role" in m and "content" in m for m in value
+    )
+    if not valid:
+        return _row_fault(
+            key,
+            ErrorType.INVALID_INPUT,
+            "messages_col must hold lists like [{'role': 'user', 'content': '...'}]",
+        )
+    if not value:
+        return _skip(key, "the message list is empty")
+    return [dict(m) for m in value]
+
+
+def _encoding_problem(messages: list[dict[str, Any]]) -> str | None:
+    for message in messages:
+        try:
+            str(message.get("content", "")).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"the text cannot be sent: {exc.reason} at position {exc.start}"
+    return None
+
+
+def _skip(key: int, reason: str) -> RowResult:
+    return RowResult(key=key, status=RowStatus.SKIPPED, error=reason)
+
+
+def _row_fault(key: int, kind: ErrorType, message: str) -> RowResult:
+    return RowResult(key=key, status=RowStatus.ERROR, error=message, error_type=kind)

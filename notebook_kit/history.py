@@ -1,0 +1,53 @@
+"""What recent runs left behind in this process: the last frame, reports, run settings.
+
+Kept in memory only (the provider objects hold keys, which are never written anywhere).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .config import RunConfig
+    from .providers.base import Provider
+    from .report import RunReport
+
+KEEP = 32  # runs remembered for `report()` and `retry_failed()`
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    report: RunReport
+    provider: Provider
+    config: RunConfig
+
+
+_runs: OrderedDict[str, RunRecord] = OrderedDict()
+_last_frame: list[pd.DataFrame] = []
+
+
+def remember(record: RunRecord, frame: pd.DataFrame) -> None:
+    _runs[record.report.run_id] = record
+    while len(_runs) > KEEP:
+        _runs.popitem(last=False)
+    set_last(frame)
+
+
+def set_last(frame: pd.DataFrame) -> None:
+    _last_frame[:] = [frame]
+
+
+def lookup(run_id: str | None) -> RunRecord | None:
+    return _runs.get(run_id) if run_id else None
+
+
+def last_frame() -> pd.DataFrame | None:
+    return _last_frame[0] if _last_frame else None
+
+
+def last_record() -> RunRecord | None:
+    return next(reversed(_runs.values()), None)

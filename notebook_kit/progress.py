@@ -1,0 +1,74 @@
+"""A tqdm.auto progress bar fed from the run's counters by one slow ticker, never per row."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+from typing import Any
+
+from .report import RunStats
+
+TICK = 0.2  # seconds between counter reads
+POSTFIX_EVERY = 5  # ticks between postfix refreshes (about once a second)
+
+
+class ProgressBar:
+    """`async with ProgressBar(stats):` shows done/total with ok, error and retrying counts."""
+
+    def __init__(
+        self, stats: RunStats, *, enabled: bool = True, desc: str = "notebook_kit"
+    ) -> None:
+        self._stats = stats
+        self._enabled = enabled
+        self._desc = desc
+        self._bar: Any = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ProgressBar:
+        if self._enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self._stats.total, desc=self._desc, unit="row")
+            self._ticker = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._bar is not None:
+            self._show(postfix=True)
+            self._bar.close()
+
+    async def _tick(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(TICK)
+            ticks += 1
+            self._show(postfix=ticks % POSTFIX_EVERY == 0)
+
+    def _show(self, *, postfix: bool) -> None:
+        stats, bar = self._stats, self._bar
+        if postfix:
+            bar.set_postfix(self.postfix(stats), refresh=False)
+        step = stats.done - bar.n
+        if step > 0:
+            bar.update(step)
+        elif postfix:
+            bar.refresh()
+
+    @staticmethod
+    def postfix(stats: RunStats) -> dict[str, int]:
+        counts = {"ok": stats.ok, "error": stats.error, "retrying": stats.retrying}
+        if stats.cancelled:
+            counts["cancelled"] = stats.cancelled
+        if stats.skipped:
+            counts["skipped"] = stats.skipped
+        return counts

@@ -1,0 +1,129 @@
+"""Anthropic Messages API."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ..errors import CallError, MissingKeyError
+from ..secrets import MASK, Redactor, safe_url, url_secrets
+from ..types import Completion, ErrorType, Request
+from .base import SDK_TIMEOUT_SLACK, Provider, body_message, connection_text, status_error
+
+ENV_KEY = "ANTHROPIC_API_KEY"
+DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this is used when none is given
+
+# Anthropic's stop reasons, in the vocabulary of OpenAI's finish_reason.
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "refusal",
+}
+
+
+class AnthropicProvider(Provider):
+    """Messages over the official SDK (aiohttp transport, SDK retries off)."""
+
+    name = "anthropic"
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        default_model: str = "claude-haiku-4-5",
+    ) -> None:
+        key = api_key or os.environ.get(ENV_KEY) or None
+        if key is None:
+            raise MissingKeyError(
+                f"provider='anthropic' needs an API key: set {ENV_KEY}, pass api_key=..., "
+                "or use provider='demo'."
+            )
+        self._api_key = key
+        self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        self.default_model = default_model
+        self.redact = Redactor(key, *url_secrets(self._base_url))
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider(base_url={safe_url(self._base_url)!r}, api_key={MASK!r})"
+
+    def describe(self) -> dict[str, Any]:
+        return {"base_url": safe_url(self._base_url)}
+
+    def defaults(self) -> dict[str, Any]:
+        return {"max_tokens": DEFAULT_MAX_TOKENS}
+
+    @asynccontextmanager
+    async def session(self, *, timeout: float) -> AsyncIterator[_AnthropicSession]:
+        import anthropic
+
+        client = anthropic.AsyncAnthropic(
+            api_key=self._api_key,
+            base_url=self._base_url,
+            max_retries=0,
+            timeout=timeout + SDK_TIMEOUT_SLACK,
+            http_client=anthropic.DefaultAioHttpClient(),
+        )
+        try:
+            yield _AnthropicSession(client, self.redact)
+        finally:
+            await client.close()
+
+
+class _AnthropicSession:
+    def __init__(self, client: Any, redact: Redactor) -> None:
+        self._client = client
+        self._redact = redact
+
+    async def complete(self, request: Request) -> Completion:
+        import anthropic
+
+        system, messages = split_system(request.messages)
+        params = dict(request.params)
+        if system:
+            params["system"] = system
+        error: CallError
+        try:
+            raw = await self._client.messages.with_raw_response.create(
+                model=request.model, messages=messages, **params
+            )
+            reply = raw.parse()
+        except anthropic.APIStatusError as exc:
+            message, code = body_message(exc.body, exc.message)
+            error = status_error(
+                exc.status_code,
+                self._redact(message),
+                code=code,
+                headers=exc.response.headers,
+                request_id=exc.request_id,
+            )
+        except anthropic.APITimeoutError:
+            error = CallError(ErrorType.TIMEOUT, "the server did not answer in time")
+        except anthropic.APIConnectionError as exc:
+            error = CallError(ErrorType.CONNECTION, connection_text(exc, self._redact))
+        except (json.JSONDecodeError, anthropic.APIResponseValidationError) as exc:
+            error = CallError(ErrorType.INVALID_RESPONSE, f"malformed reply: {type(exc).__name__}")
+        except UnicodeEncodeError:
+            error = CallError(ErrorType.INVALID_INPUT, "the prompt holds text that is not UTF-8")
+        else:
+            text = "".join(b.text for b in reply.content if getattr(b, "type", "") == "text")
+            return Completion(
+                text=text,
+                model=reply.model or request.model,
+                input_tokens=reply.usage.input_tokens,
+                output_tokens=reply.usage.output_tokens,
+                finish_reason=FINISH_REASONS.get(reply.stop_reason or "", reply.stop_reason),
+                request_id=raw.headers.get("request-id"),
+            )
+        raise error  # outside `except`: no chained SDK exception (it holds the request headers)
+
+
+def split_system(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """Anthropic takes the system prompt apart from the chat turns."""
+    system = "\n\n".join(str(m["content"]) for m in messages if m.get("role") == "system")
+    return system, [m for m in messages if m.get("role") != "system"]

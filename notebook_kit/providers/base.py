@@ -1,0 +1,122 @@
+"""What every provider offers the engine, and the HTTP-status-to-error table they share."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar, Protocol
+
+from ..errors import CallError
+from ..secrets import Redactor
+from ..types import Completion, ErrorType, Request
+
+SDK_TIMEOUT_SLACK = 30.0  # the SDK's own timeout is only a backstop behind the kit's deadline
+
+
+class Session(Protocol):
+    """A provider's client for one run (its connections are reused across rows)."""
+
+    async def complete(self, request: Request) -> Completion:
+        """Send one request; raise `CallError` on failure."""
+        ...
+
+
+class Provider(ABC):
+    """One LLM service: its settings and credentials. Opens a `Session` per run."""
+
+    name: ClassVar[str]
+    default_model: str
+    redact: Redactor = Redactor()
+
+    @abstractmethod
+    def session(self, *, timeout: float) -> AbstractAsyncContextManager[Session]:
+        """Open a client bound to the running loop; close it when the run ends."""
+
+    def describe(self) -> dict[str, Any]:
+        """The provider's settings for the result's attrs (never a key)."""
+        return {}
+
+    def defaults(self) -> dict[str, Any]:
+        """Model parameters the provider needs when the user gives none."""
+        return {}
+
+
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
+    if not headers:
+        return None
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return float(value) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
+FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
+
+
+def status_error(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+) -> CallError:
+    """Map an HTTP error reply to a `CallError` with a one-line, actionable message."""
+    lowered = message.lower()
+    out_of_credit = status == 429 and (code in QUOTA_CODES or "quota" in lowered)
+    if out_of_credit or status == 402 or "credit balance" in lowered:
+        kind = ErrorType.QUOTA
+    elif status == 429:
+        kind = ErrorType.RATE_LIMIT
+    elif status in (401, 403):
+        kind = ErrorType.AUTH
+    elif status == 404:
+        kind = ErrorType.NOT_FOUND
+    elif status == 408:
+        kind = ErrorType.TIMEOUT
+    elif status == 409 or status >= 500:
+        kind = ErrorType.SERVER
+    elif code in FILTER_CODES:
+        kind = ErrorType.CONTENT_FILTER
+    else:
+        kind = ErrorType.BAD_REQUEST
+    wait = retry_after(headers) if kind is ErrorType.RATE_LIMIT else None
+    text = " ".join(message.split())[:300]
+    return CallError(
+        kind, f"HTTP {status}: {text}", status=status, retry_after=wait, request_id=request_id
+    )
+
+
+def body_message(body: object, fallback: str) -> tuple[str, str | None]:
+    """The `message` and `code` of an SDK error body (already unwrapped from `error`)."""
+    if isinstance(body, Mapping):
+        message = body.get("message")
+        code = body.get("code") or body.get("type")
+        return (str(message) if message else fallback), (str(code) if code else None)
+    return fallback, None
+
+
+def connection_text(exc: BaseException, redact: Redactor) -> str:
+    """One line on why a connection failed, from the transport error under the SDK's."""
+    cause = exc.__cause__ or exc.__context__
+    detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
+    return redact(f"connection failed ({' '.join(detail.split())[:200]})")

@@ -1,0 +1,163 @@
+"""An offline model for classrooms and tests: fixed replies, simulated latency and faults."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import random
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ..errors import CallError
+from ..types import Completion, ErrorType, Request
+from .base import Provider
+
+POSITIVE = frozenset(
+    "good great excellent love loved lovely perfect amazing happy fast best nice works "
+    "recommend sturdy comfortable easy beautiful fantastic pleased wonderful solid".split()
+)
+NEGATIVE = frozenset(
+    "bad poor terrible hate hated awful broke broken slow worst refund disappointed "
+    "cheap flimsy useless returned leaks leaked late missing damaged never annoying".split()
+)
+HANG_SECONDS = 3600.0  # a simulated hang lasts until the kit's timeout gives up on it
+
+
+class DemoProvider(Provider):
+    """A simulated model: same prompt, same reply; latency and faults drawn from a seeded RNG.
+
+    latency: median seconds per reply (lognormal with `jitter` as sigma; 0 for instant).
+    error_rate, timeout_rate, rate_limit_rate: chance per request of a simulated 500,
+    a hang (ended by the kit's `timeout`), or a 429 with `retry_after` seconds.
+    rpm: a simulated server limit; requests beyond it in any minute get a 429.
+    """
+
+    name = "demo"
+
+    def __init__(
+        self,
+        *,
+        latency: float = 1.0,
+        jitter: float = 0.3,
+        error_rate: float = 0.0,
+        timeout_rate: float = 0.0,
+        rate_limit_rate: float = 0.0,
+        retry_after: float = 1.0,
+        rpm: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        for rate in (error_rate, timeout_rate, rate_limit_rate):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"fault rates are probabilities in [0, 1], got {rate}")
+        self.default_model = "demo"
+        self.latency = latency
+        self.jitter = jitter
+        self.error_rate = error_rate
+        self.timeout_rate = timeout_rate
+        self.rate_limit_rate = rate_limit_rate
+        self.retry_after = retry_after
+        self.rpm = rpm
+        self._rng = random.Random(seed)
+        self._recent: deque[float] = deque()  # start times inside the rpm window
+
+    def __repr__(self) -> str:
+        return (
+            f"DemoProvider(latency={self.latency}, error_rate={self.error_rate}, "
+            f"timeout_rate={self.timeout_rate}, rate_limit_rate={self.rate_limit_rate}, "
+            f"rpm={self.rpm})"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "latency": self.latency,
+            "error_rate": self.error_rate,
+            "timeout_rate": self.timeout_rate,
+            "rate_limit_rate": self.rate_limit_rate,
+            "rpm": self.rpm,
+        }
+
+    @asynccontextmanager
+    async def session(self, *, timeout: float) -> AsyncIterator[DemoProvider]:
+        yield self
+
+    async def complete(self, request: Request) -> Completion:
+        self._check_rpm()
+        draw = self._rng.random()
+        if draw < self.rate_limit_rate:
+            raise CallError(
+                ErrorType.RATE_LIMIT,
+                "HTTP 429: simulated rate limit",
+                status=429,
+                retry_after=self.retry_after,
+            )
+        draw -= self.rate_limit_rate
+        delay = self._delay()
+        if draw < self.timeout_rate:
+            await asyncio.sleep(HANG_SECONDS)
+        draw -= self.timeout_rate
+        await asyncio.sleep(delay)
+        if draw < self.error_rate:
+            raise CallError(ErrorType.SERVER, "HTTP 500: simulated server error", status=500)
+        return reply(request)
+
+    def _delay(self) -> float:
+        if self.latency <= 0:
+            return 0.0
+        return self.latency * math.exp(self._rng.gauss(0.0, self.jitter))
+
+    def _check_rpm(self) -> None:
+        if self.rpm is None:
+            return
+        now = time.monotonic()
+        while self._recent and now - self._recent[0] >= 60.0:
+            self._recent.popleft()
+        if len(self._recent) >= self.rpm:
+            wait = 60.0 - (now - self._recent[0])
+            raise CallError(
+                ErrorType.RATE_LIMIT,
+                f"HTTP 429: simulated limit of {self.rpm:g} requests per minute",
+                status=429,
+                retry_after=wait,
+            )
+        self._recent.append(now)
+
+
+def reply(request: Request) -> Completion:
+    """The demo model's deterministic answer to a request."""
+    prompt = str(request.messages[-1].get("content", "")) if request.messages else ""
+    text = _answer(prompt)
+    words = text.split()
+    finish = "stop"
+    max_tokens = request.params.get("max_tokens")
+    if isinstance(max_tokens, int) and len(words) > max_tokens:
+        words, finish = words[:max_tokens], "length"
+        text = " ".join(words)
+    chars = sum(len(str(m.get("content", ""))) for m in request.messages)
+    digest = hashlib.sha1(prompt.encode("utf-8", "replace")).hexdigest()[:12]
+    return Completion(
+        text=text,
+        model=request.model,
+        input_tokens=max(1, chars // 4),
+        output_tokens=len(words),
+        finish_reason=finish,
+        request_id=f"demo-{digest}",
+    )
+
+
+def _answer(prompt: str) -> str:
+    lowered = prompt.lower()
+    words = re.findall(r"[a-z']+", lowered)
+    if "sentiment" in lowered or "classify" in lowered:
+        score = sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)
+        return "positive" if score > 0 else "negative" if score < 0 else "neutral"
+    if "summar" in lowered:
+        body = prompt.split(":", 1)[-1].strip()
+        first = re.split(r"(?<=[.!?])\s", body, maxsplit=1)[0]
+        return first[:200]
+    preview = " ".join(prompt.split()[:8])
+    return f"[demo] You asked: {preview}{'...' if len(prompt.split()) > 8 else ''}"

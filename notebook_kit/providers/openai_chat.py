@@ -1,0 +1,128 @@
+"""OpenAI Chat Completions, and any OpenAI-compatible server (vLLM, Ollama, LM Studio)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ..errors import CallError, MissingKeyError
+from ..secrets import MASK, Redactor, safe_url, url_secrets
+from ..types import Completion, ErrorType, Request
+from .base import SDK_TIMEOUT_SLACK, Provider, body_message, connection_text, status_error
+
+ENV_KEY = "OPENAI_API_KEY"
+LOCAL_KEY = "not-needed"  # OpenAI-compatible local servers take any key
+
+
+class OpenAIProvider(Provider):
+    """Chat Completions over the official SDK (aiohttp transport, SDK retries off)."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        default_model: str = "gpt-4.1-mini",
+    ) -> None:
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        key = api_key or os.environ.get(ENV_KEY) or None
+        if key is None and base_url is None:
+            raise MissingKeyError(
+                f"provider='openai' needs an API key: set {ENV_KEY}, pass api_key=..., "
+                "give base_url=... for a local OpenAI-compatible server, or use provider='demo'."
+            )
+        self._api_key = key or LOCAL_KEY
+        self._base_url = base_url
+        self.default_model = default_model
+        self.redact = Redactor(key, *url_secrets(base_url))
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(base_url={safe_url(self._base_url)!r}, api_key={MASK!r})"
+
+    def describe(self) -> dict[str, Any]:
+        return {"base_url": safe_url(self._base_url)}
+
+    @asynccontextmanager
+    async def session(self, *, timeout: float) -> AsyncIterator[_OpenAISession]:
+        import openai
+
+        client = openai.AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=self._base_url,
+            max_retries=0,
+            timeout=timeout + SDK_TIMEOUT_SLACK,
+            http_client=openai.DefaultAioHttpClient(),
+        )
+        try:
+            yield _OpenAISession(client, self.redact)
+        finally:
+            await client.close()
+
+
+class _OpenAISession:
+    def __init__(self, client: Any, redact: Redactor) -> None:
+        self._client = client
+        self._redact = redact
+
+    async def complete(self, request: Request) -> Completion:
+        import openai
+
+        error: CallError
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=request.model, messages=request.messages, **request.params
+            )
+            reply = raw.parse()
+        except openai.APIStatusError as exc:
+            message, code = body_message(exc.body, exc.message)
+            error = status_error(
+                exc.status_code,
+                self._redact(message),
+                code=code,
+                headers=exc.response.headers,
+                request_id=exc.request_id,
+            )
+        except openai.APITimeoutError:
+            error = CallError(ErrorType.TIMEOUT, "the server did not answer in time")
+        except openai.APIConnectionError as exc:
+            error = CallError(ErrorType.CONNECTION, connection_text(exc, self._redact))
+        except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
+            error = CallError(ErrorType.INVALID_RESPONSE, f"malformed reply: {type(exc).__name__}")
+        except UnicodeEncodeError:
+            error = CallError(ErrorType.INVALID_INPUT, "the prompt holds text that is not UTF-8")
+        else:
+            return _completion(reply, raw.headers.get("x-request-id"), request.model)
+        raise error  # outside `except`: no chained SDK exception (it holds the request headers)
+
+
+def _completion(reply: Any, request_id: str | None, model: str | None) -> Completion:
+    if not reply.choices:
+        raise CallError(
+            ErrorType.INVALID_RESPONSE, "the reply has no choices", request_id=request_id
+        )
+    choice = reply.choices[0]
+    message = choice.message
+    finish = choice.finish_reason
+    if finish == "content_filter":
+        raise CallError(
+            ErrorType.CONTENT_FILTER,
+            "the provider's content filter stopped the reply",
+            request_id=request_id,
+        )
+    text = message.content
+    if text is None and getattr(message, "refusal", None):
+        text, finish = message.refusal, "refusal"
+    usage = reply.usage
+    return Completion(
+        text=text or "",
+        model=reply.model or model,
+        input_tokens=usage.prompt_tokens if usage else None,
+        output_tokens=usage.completion_tokens if usage else None,
+        finish_reason=finish,
+        request_id=request_id,
+    )

@@ -1,0 +1,83 @@
+"""The values that flow through a run: requests in, completions and row results out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RowStatus(StrEnum):
+    """What finally happened to one row (the `status` column)."""
+
+    OK = "ok"  # the model answered; the reply is in the output column
+    ERROR = "error"  # every allowed attempt failed, or the failure was not worth retrying
+    CANCELLED = "cancelled"  # never finished: Stop, interrupt, or the run was aborted
+    SKIPPED = "skipped"  # nothing to send: the prompt was empty or missing
+    PENDING = "pending"  # not finished yet; only seen in a live partial frame
+
+
+class ErrorType(StrEnum):
+    """Why a row failed (the `error_type` column)."""
+
+    RATE_LIMIT = "rate_limit"  # 429 from the server or the demo model
+    TIMEOUT = "timeout"  # no complete reply within the per-attempt timeout
+    SERVER = "server"  # 5xx, 529 overloaded, 409 conflict
+    CONNECTION = "connection"  # reset, refused, DNS: nothing usable came back
+    INVALID_RESPONSE = "invalid_response"  # a reply that is not valid JSON / not the expected shape
+    AUTH = "auth"  # 401/403: the key is wrong or lacks access
+    QUOTA = "quota"  # out of credit: a 429 that no wait will fix
+    NOT_FOUND = "not_found"  # 404: unknown model or wrong base_url
+    BAD_REQUEST = "bad_request"  # 400/422: the server refused this row's request
+    CONTENT_FILTER = "content_filter"  # the provider's safety system refused the prompt
+    INVALID_INPUT = "invalid_input"  # the row cannot be sent (e.g. text that is not valid UTF-8)
+    CANCELLED = "cancelled"  # the row was cancelled before it finished
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """One row's call: its position in the input frame and what to send.
+
+    `model` is None when the row has no model of its own: the run's current model is used
+    when the request starts (so a model chosen mid-run applies to rows not yet started).
+    """
+
+    key: int
+    messages: list[dict[str, Any]]
+    model: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def estimated_tokens(self) -> int:
+        """Rough input-token estimate (about 4 characters per token) for rate limiting."""
+        chars = sum(len(str(m.get("content", ""))) for m in self.messages)
+        return max(1, chars // 4 + 4 * len(self.messages))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Completion:
+    """What a provider returned for one successful request."""
+
+    text: str
+    model: str | None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    finish_reason: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class RowResult:
+    """The outcome of one row, tagged with the row's position (`key`)."""
+
+    key: int
+    status: RowStatus
+    text: str | None = None
+    error: str | None = None
+    error_type: ErrorType | None = None
+    attempts: int = 0
+    latency_s: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    finish_reason: str | None = None
+    request_id: str | None = None
+    model: str | None = None
