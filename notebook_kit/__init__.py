@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         RunError,
     )
     from .providers import AnthropicProvider, DemoProvider, OpenAIProvider, Provider
-    from .report import RunReport
+    from .reporting import RunReport
     from .types import ErrorType, RowStatus
 
 __version__ = "0.1.0"
@@ -49,7 +49,7 @@ _HOMES = {
     "RowStatus": "types",
     "RunConfig": "config",
     "RunError": "errors",
-    "RunReport": "report",
+    "RunReport": "reporting",
     "last_report": "api",
     "last_result": "api",
     "report": "api",

@@ -18,7 +18,7 @@ from .errors import ConfigError, RunError
 from .job import Job
 from .loops import run_blocking
 from .providers import DEMO_NOTICE, Provider, resolve
-from .report import RunReport
+from .reporting import RunReport
 from .types import ErrorType
 
 _OPTIONS = (

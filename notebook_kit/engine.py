@@ -18,7 +18,7 @@ from .deadline import Deadline
 from .errors import RUN_ERRORS, CallError, RunError
 from .limits import Clock, ConcurrencyLimit, RateMeter, Sleep, StartGate
 from .providers.base import Provider, Session
-from .report import RunReport, RunStats
+from .reporting import RunReport, RunStats
 from .retry import retrying
 from .types import Completion, ErrorType, Request, RowResult, RowStatus
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from .config import RunConfig
     from .providers.base import Provider
-    from .report import RunReport
+    from .reporting import RunReport
 
 KEEP = 32  # runs remembered for `report()` and `retry_failed()`
 

@@ -18,7 +18,7 @@ from .engine import Engine
 from .errors import RunError
 from .progress import ProgressBar
 from .providers.base import Provider
-from .report import RunReport
+from .reporting import RunReport
 from .types import RowStatus
 
 

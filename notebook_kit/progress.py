@@ -7,7 +7,7 @@ import contextlib
 from types import TracebackType
 from typing import Any
 
-from .report import RunStats
+from .reporting import RunStats
 
 TICK = 0.2  # seconds between counter reads
 POSTFIX_EVERY = 5  # ticks between postfix refreshes (about once a second)

@@ -92,7 +92,7 @@ class _AnthropicSession:
             raw = await self._client.messages.with_raw_response.create(
                 model=request.model, messages=messages, **params
             )
-            reply = raw.parse()
+            reply = await raw.parse()
         except anthropic.APIStatusError as exc:
             message, code = body_message(exc.body, exc.message)
             error = status_error(

@@ -1,0 +1,23 @@
+"""Shared fixtures: the fake LLM server, and a clean environment without real keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fake_llm_server import FakeLLMServer
+
+KEY = "sk-test-SENTINEL-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def no_real_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach a real provider: keys and base URLs from the machine are removed."""
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(api_key=KEY, seed=7) as fake:
+        yield fake

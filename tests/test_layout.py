@@ -1,0 +1,43 @@
+"""The package's shape: a sorted explicit surface, and a core that imports no UI or SDK."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import notebook_kit as kit
+
+HEAVY = ["pandas", "tqdm", "ipywidgets", "IPython", "openai", "anthropic", "numpy"]
+
+
+def modules_after(statement: str) -> list[str]:
+    code = f"import sys, json\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_engine_imports_no_pandas_tqdm_widgets_or_sdk() -> None:
+    loaded = modules_after("import notebook_kit.engine")
+    assert not [m for m in HEAVY if m in loaded]
+
+
+def test_importing_the_package_is_light() -> None:
+    loaded = modules_after("import notebook_kit")
+    assert not [m for m in HEAVY if m in loaded]
+
+
+def test_surface_is_sorted_and_every_name_resolves() -> None:
+    assert kit.__all__ == sorted(kit.__all__)
+    for name in kit.__all__:
+        assert getattr(kit, name) is not None
+    assert set(kit.__all__) <= set(dir(kit))
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    try:
+        kit.run_dataframe  # noqa: B018
+    except AttributeError as exc:
+        assert "run_dataframe" in str(exc)
+    else:
+        raise AssertionError("expected AttributeError")

@@ -1,0 +1,165 @@
+"""Limits that change during a run, meters, and the stall-tolerant deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from notebook_kit.deadline import Deadline
+from notebook_kit.limits import ConcurrencyLimit, RateMeter, StartGate
+
+
+class FakeTime:
+    """A clock that only moves when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+async def hold(limit: ConcurrencyLimit, seen: list[int], release: asyncio.Event) -> None:
+    await limit.acquire()
+    seen.append(limit.in_use)
+    try:
+        await release.wait()
+    finally:
+        limit.release()
+
+
+async def test_limit_admits_at_most_total_and_grows_at_once() -> None:
+    limit = ConcurrencyLimit(2)
+    release = asyncio.Event()
+    seen: list[int] = []
+    tasks = [asyncio.create_task(hold(limit, seen, release)) for _ in range(6)]
+    await asyncio.sleep(0.01)
+    assert limit.in_use == 2
+    limit.total = 5  # raising admits waiters without anyone releasing
+    await asyncio.sleep(0.01)
+    assert limit.in_use == 5
+    release.set()
+    await asyncio.gather(*tasks)
+    assert max(seen) == 5
+    assert limit.in_use == 0
+
+
+async def test_lowering_the_limit_lets_holders_finish_and_admits_no_one_until_below() -> None:
+    limit = ConcurrencyLimit(4)
+    for _ in range(4):
+        await limit.acquire()
+    limit.total = 2
+    waiter = asyncio.create_task(limit.acquire())
+    limit.release()
+    limit.release()  # 2 held now: not below the new total yet
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    limit.release()  # 1 held: the waiter may enter
+    await asyncio.sleep(0.01)
+    assert waiter.done()
+    assert limit.in_use == 2
+
+
+async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
+    limit = ConcurrencyLimit(1)
+    await limit.acquire()
+    waiter = asyncio.create_task(limit.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    limit.release()
+    assert limit.in_use == 0
+    await asyncio.wait_for(limit.acquire(), 1)
+
+
+async def test_limit_rejects_zero() -> None:
+    with pytest.raises(ValueError):
+        ConcurrencyLimit(1).total = 0
+
+
+async def test_rate_meter_spaces_starts_evenly() -> None:
+    fake = FakeTime()
+    meter = RateMeter(600, clock=fake.clock, sleep=fake.sleep)  # 10 per second
+    starts = []
+    for _ in range(5):
+        await meter.acquire()
+        starts.append(fake.now)
+    assert starts == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+
+
+async def test_rate_meter_settles_real_cost() -> None:
+    fake = FakeTime()
+    meter = RateMeter(60, clock=fake.clock, sleep=fake.sleep)  # 1 unit per second
+    await meter.acquire(10)  # estimated 10 units
+    meter.settle(-8)  # really cost 2
+    await meter.acquire(1)
+    assert fake.now == pytest.approx(2.0)
+
+
+async def test_rate_meter_does_not_burst_after_idle() -> None:
+    fake = FakeTime()
+    meter = RateMeter(60, clock=fake.clock, sleep=fake.sleep)
+    await meter.acquire()
+    fake.now += 100  # a long idle spell earns no credit
+    await meter.acquire()
+    t = fake.now
+    await meter.acquire()
+    assert fake.now - t == pytest.approx(1.0)
+
+
+async def test_gate_cools_down_and_pauses() -> None:
+    fake = FakeTime()
+    gate = StartGate(clock=fake.clock, sleep=fake.sleep)
+    gate.cool_down(2.0)
+    gate.cool_down(1.0)  # never shortens
+    await gate.wait()
+    assert fake.now == pytest.approx(2.0)
+    gate.pause()
+    waiter = asyncio.create_task(gate.wait())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    gate.resume()
+    await asyncio.wait_for(waiter, 1)
+
+
+async def test_deadline_times_out_a_hung_call() -> None:
+    with pytest.raises(TimeoutError):
+        async with Deadline(0.05):
+            await asyncio.sleep(10)
+
+
+async def test_deadline_lets_a_reply_that_arrived_during_a_stall_through() -> None:
+    """A blocked loop must not turn a reply that is already there into a timeout."""
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[str] = loop.create_future()
+
+    async def call() -> str:
+        async with Deadline(0.2):
+            return await reply
+
+    task = asyncio.create_task(call())
+    await asyncio.sleep(0.01)
+    loop.call_soon(reply.set_result, "paid for")  # the reply lands as the loop resumes...
+    time.sleep(0.6)  # ...after a blocking cell held the loop past the deadline
+    assert await task == "paid for"
+
+
+async def test_deadline_does_not_swallow_outside_cancellation() -> None:
+    async def call() -> None:
+        async with Deadline(5):
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(call())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
