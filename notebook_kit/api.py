@@ -84,14 +84,19 @@ def run_df_sync(
     output_col: str = "response",
     progress: bool = True,
     limit: int | None = None,
+    use_nest_asyncio: bool = False,
     **params: Any,
 ) -> pd.DataFrame:
     """`run_df` for scripts and for notebooks without `await` (runs on a private loop there).
 
     Ctrl-C / kernel interrupt cancels in-flight calls; `last_result()` keeps the rows done.
+    `use_nest_asyncio=True` is an opt-in to run on the notebook's own loop instead; see
+    the README for why it is not the default.
     """
-    job = _job(**locals())
-    return run_blocking(job.run())
+    options = locals()
+    nested = options.pop("use_nest_asyncio")
+    job = _job(**options)
+    return run_blocking(job.run(), use_nest_asyncio=nested)
 
 
 async def retry_failed(

@@ -141,8 +141,6 @@ class Engine:
                 self._abort(exc)
             result = self._failed(request, state, exc)
         except (_Stopped, asyncio.CancelledError):
-            if state.holds_slot:
-                self.limit.release()
             result = RowResult(
                 key=request.key,
                 status=RowStatus.CANCELLED,
@@ -150,6 +148,11 @@ class Engine:
                 error_type=ErrorType.CANCELLED,
                 attempts=state.attempts,
             )
+        except Exception as exc:
+            detail = self.provider.redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
+            log.warning("row %d failed unexpectedly: %s", request.key, detail)
+            error = CallError(ErrorType.UNEXPECTED, f"unexpected error: {detail}")
+            result = self._failed(request, state, error)
         else:
             result = RowResult(
                 key=request.key,
@@ -163,6 +166,8 @@ class Engine:
                 request_id=completion.request_id,
                 model=completion.model,
             )
+        if state.holds_slot:  # the row ended before its first attempt took the slot over
+            self.limit.release()
         self._finish(result)
 
     async def _attempt(self, request: Request, state: _RowState) -> Completion:

@@ -53,7 +53,7 @@ class ConcurrencyLimit:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # the slot was granted just as we were cancelled
-            else:
+            elif waiter in self._waiters:  # a release may already have dropped it
                 self._waiters.remove(waiter)
             raise
 

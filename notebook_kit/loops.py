@@ -27,10 +27,22 @@ def in_running_loop() -> bool:
     return True
 
 
-def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` to completion and return its result, from any synchronous caller."""
+def run_blocking(coro: Coroutine[Any, Any, T], *, use_nest_asyncio: bool = False) -> T:
+    """Run `coro` to completion and return its result, from any synchronous caller.
+
+    `use_nest_asyncio=True` (opt-in) runs it on the caller's own running loop instead, for
+    objects bound to that loop. It patches asyncio for the whole process (slower tasks), and
+    on ipykernel >= 7.3 kernel messages that arrive meanwhile (widget changes, queued
+    cells) are lost; an interrupt can leave calls running.
+    """
     if not in_running_loop():
         return asyncio.run(coro)
+    if use_nest_asyncio:
+        import nest_asyncio
+
+        loop = asyncio.get_running_loop()
+        nest_asyncio.apply(loop)
+        return loop.run_until_complete(coro)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="notebook_kit-loop", daemon=True)
     thread.start()

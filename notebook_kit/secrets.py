@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigError
 
 MASK = "***"
 _MIN_SECRET = 4  # shorter strings would mask ordinary words
@@ -26,18 +27,22 @@ class Redactor:
         return f"Redactor({len(self._secrets)} secrets)"
 
 
-def url_secrets(url: str | None) -> list[str]:
-    """The parts of a URL that may be credentials: user, password and query values."""
+def check_base_url(url: str | None) -> None:
+    """Refuse credentials inside a base URL: they would reach logs and error text."""
     if not url:
-        return []
+        return
     parts = urlsplit(url)
-    found = [parts.username, parts.password]
-    found += [value for _, value in parse_qsl(parts.query)]
-    return [s for s in found if s]
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("base_url must be an http(s) URL like http://localhost:8000/v1")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(
+            f"base_url must not carry credentials or a query string; use "
+            f"base_url={safe_url(url)!r} and pass the key as api_key=..."
+        )
 
 
 def safe_url(url: str | None) -> str | None:
-    """The URL without user info and query, safe to show and store."""
+    """The URL without user info, query and fragment: safe to show and store."""
     if not url:
         return url
     parts = urlsplit(url)
@@ -45,18 +50,3 @@ def safe_url(url: str | None) -> str | None:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-class RedactingFilter(logging.Filter):
-    """A logging filter that masks secrets in a record's final message."""
-
-    def __init__(self, redact: Redactor) -> None:
-        super().__init__()
-        self._redact = redact
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = self._redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True

@@ -32,6 +32,7 @@ class ErrorType(StrEnum):
     CONTENT_FILTER = "content_filter"  # the provider's safety system refused the prompt
     INVALID_INPUT = "invalid_input"  # the row cannot be sent (e.g. text that is not valid UTF-8)
     CANCELLED = "cancelled"  # the row was cancelled before it finished
+    UNEXPECTED = "unexpected"  # an error the kit does not know; the message says which
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -81,6 +81,19 @@ async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
     await asyncio.wait_for(limit.acquire(), 1)
 
 
+async def test_waiter_cancelled_while_a_release_runs_is_not_lost() -> None:
+    limit = ConcurrencyLimit(1)
+    await limit.acquire()
+    waiter = asyncio.create_task(limit.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    limit.release()  # runs before the cancelled waiter resumes: it drops the dead waiter
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limit.in_use == 0
+    await asyncio.wait_for(limit.acquire(), 1)
+
+
 async def test_limit_rejects_zero() -> None:
     with pytest.raises(ValueError):
         ConcurrencyLimit(1).total = 0
@@ -149,7 +162,7 @@ async def test_deadline_lets_a_reply_that_arrived_during_a_stall_through() -> No
     task = asyncio.create_task(call())
     await asyncio.sleep(0.01)
     loop.call_soon(reply.set_result, "paid for")  # the reply lands as the loop resumes...
-    time.sleep(0.6)  # ...after a blocking cell held the loop past the deadline
+    time.sleep(0.6)  # noqa: ASYNC251 - ...a blocking cell holds the loop past the deadline
     assert await task == "paid for"
 
 

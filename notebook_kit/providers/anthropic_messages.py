@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ..errors import CallError, MissingKeyError
-from ..secrets import MASK, Redactor, safe_url, url_secrets
+from ..secrets import MASK, Redactor, check_base_url, safe_url
 from ..types import Completion, ErrorType, Request
 from .base import SDK_TIMEOUT_SLACK, Provider, body_message, connection_text, status_error
 
@@ -46,8 +46,9 @@ class AnthropicProvider(Provider):
             )
         self._api_key = key
         self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        check_base_url(self._base_url)
         self.default_model = default_model
-        self.redact = Redactor(key, *url_secrets(self._base_url))
+        self.redact = Redactor(key)
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(base_url={safe_url(self._base_url)!r}, api_key={MASK!r})"

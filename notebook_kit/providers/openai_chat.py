@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ..errors import CallError, MissingKeyError
-from ..secrets import MASK, Redactor, safe_url, url_secrets
+from ..secrets import MASK, Redactor, check_base_url, safe_url
 from ..types import Completion, ErrorType, Request
 from .base import SDK_TIMEOUT_SLACK, Provider, body_message, connection_text, status_error
 
@@ -30,6 +30,7 @@ class OpenAIProvider(Provider):
         default_model: str = "gpt-4.1-mini",
     ) -> None:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        check_base_url(base_url)
         key = api_key or os.environ.get(ENV_KEY) or None
         if key is None and base_url is None:
             raise MissingKeyError(
@@ -39,7 +40,7 @@ class OpenAIProvider(Provider):
         self._api_key = key or LOCAL_KEY
         self._base_url = base_url
         self.default_model = default_model
-        self.redact = Redactor(key, *url_secrets(base_url))
+        self.redact = Redactor(key)
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(base_url={safe_url(self._base_url)!r}, api_key={MASK!r})"

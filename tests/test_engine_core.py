@@ -1,0 +1,106 @@
+"""Engine behaviour with an in-process spy provider: task counts, resizing, stop, surprises."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pandas as pd
+
+import notebook_kit as kit
+from notebook_kit.config import Limits, RunConfig
+from notebook_kit.engine import Engine
+from notebook_kit.providers.base import Provider
+from notebook_kit.reporting import RunReport
+from notebook_kit.types import Completion, Request, RowStatus
+
+
+class SpyProvider(Provider):
+    """Answers after `latency`; records how many asyncio tasks and calls exist meanwhile."""
+
+    name = "spy"
+
+    def __init__(self, latency: float = 0.0, fail_on: str | None = None) -> None:
+        self.default_model = "spy"
+        self.latency = latency
+        self.fail_on = fail_on
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.peak_tasks = 0
+        self.levels: list[int] = []
+
+    @asynccontextmanager
+    async def session(self, *, timeout: float) -> AsyncIterator[SpyProvider]:
+        yield self
+
+    async def complete(self, request: Request) -> Completion:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self.levels.append(self.in_flight)
+        self.peak_tasks = max(self.peak_tasks, len(asyncio.all_tasks()))
+        try:
+            await asyncio.sleep(self.latency)
+        finally:
+            self.in_flight -= 1
+        prompt = str(request.messages[-1]["content"])
+        if self.fail_on and self.fail_on in prompt:
+            raise RuntimeError(f"surprise in {prompt}")
+        return Completion(text=prompt.upper(), model=request.model)
+
+
+async def test_pending_rows_are_not_tasks() -> None:
+    spy = SpyProvider()
+    n = 20_000
+    df = pd.DataFrame({"prompt": [f"p{i}" for i in range(n)]})
+    result = await kit.run_df(df, "prompt", provider=spy, concurrency=16, progress=False)
+    assert (result["status"] == "ok").all()
+    assert spy.peak_tasks <= 16 + 5  # the rows in flight, the caller, the test runner
+    coroutines = [o for o in gc.get_objects() if asyncio.iscoroutine(o)]
+    assert len(coroutines) < 100
+
+
+async def test_an_unexpected_error_fails_its_row_and_the_run_goes_on() -> None:
+    spy = SpyProvider(fail_on="boom")
+    df = pd.DataFrame({"prompt": ["a", "boom", "c"]})
+    result = await kit.run_df(df, "prompt", provider=spy, progress=False)
+    assert result["status"].tolist() == ["ok", "error", "ok"]
+    assert result.loc[1, "error_type"] == "unexpected"
+    assert "RuntimeError: surprise in boom" in result.loc[1, "error"]
+    assert result.loc[1, "attempts"] == 1  # not retried
+
+
+async def test_concurrency_can_be_raised_and_lowered_mid_run() -> None:
+    spy = SpyProvider(latency=0.02)
+    config = RunConfig(model="spy", limits=Limits(concurrency=2))
+    engine = Engine(spy, config, total=300, report=RunReport(run_id="t"))
+    requests = [Request(key=i, messages=[{"role": "user", "content": "x"}]) for i in range(300)]
+    run = asyncio.create_task(engine.run(requests))
+    await asyncio.sleep(0.1)
+    assert spy.peak_in_flight == 2
+    engine.set_concurrency(10)
+    await asyncio.sleep(0.1)
+    assert spy.in_flight == 10
+    engine.set_concurrency(3)
+    await asyncio.sleep(0.1)
+    assert spy.in_flight <= 3
+    await run
+    assert spy.peak_in_flight == 10
+    assert [v for _, v in engine.report.limit_changes] == [2, 10, 3]
+
+
+async def test_stop_cancels_in_flight_and_keeps_finished_rows() -> None:
+    spy = SpyProvider(latency=0.05)
+    config = RunConfig(model="spy", limits=Limits(concurrency=4))
+    engine = Engine(spy, config, total=100, report=RunReport(run_id="t"))
+    requests = [Request(key=i, messages=[{"role": "user", "content": "x"}]) for i in range(100)]
+    run = asyncio.create_task(engine.run(requests))
+    await asyncio.sleep(0.18)
+    engine.stop()
+    await asyncio.wait_for(run, 1)
+    statuses = [r.status for r in engine.results.values()]
+    assert statuses.count(RowStatus.OK) >= 8
+    assert statuses.count(RowStatus.CANCELLED) == 4  # the ones in flight
+    assert len(engine.results) < 100  # rows never started stay unrun
+    assert spy.in_flight == 0
