@@ -1,0 +1,127 @@
+"""A real Jupyter kernel driven over jupyter_client, playing the part of the frontend."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_client import KernelManager
+from jupyter_core.utils import ensure_event_loop
+
+
+def kernelspec(python: str, name: str) -> str:
+    """A kernelspec for `python` in a fresh directory that is put first on JUPYTER_PATH."""
+    root = Path(tempfile.mkdtemp(prefix="nbkit-kernels-"))
+    spec = root / "kernels" / name
+    spec.mkdir(parents=True)
+    argv = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": name, "language": "python"})
+    )
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(root), os.environ.get("JUPYTER_PATH", "")])
+    return name
+
+
+class Kernel:
+    """Runs cells, records iopub traffic, sends comm messages like ipywidgets' frontend."""
+
+    def __init__(self, python: str, *, env: dict[str, str] | None = None) -> None:
+        name = kernelspec(python, f"nbkit-{abs(hash(python))}")
+        self.km = KernelManager(kernel_name=name)
+        self.km.start_kernel(env={**os.environ, **(env or {})})
+        self.kc = self.km.blocking_client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+        self.iopub: list[dict[str, Any]] = []
+        self.idle: dict[str, float] = {}
+        self.replies: dict[str, dict[str, Any]] = {}
+        self._stop = False
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
+
+    def _pump(self) -> None:
+        while not self._stop:
+            try:
+                msg = self.kc.get_iopub_msg(timeout=0.05)
+            except queue.Empty:
+                continue
+            self.iopub.append(msg)
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                self.idle[msg["parent_header"].get("msg_id")] = time.monotonic()
+        ensure_event_loop().close()  # jupyter_client made a loop for this thread; free it
+
+    def _read_shell(self) -> None:
+        """Shell replies are read on the caller's thread: a zmq socket is not thread-safe."""
+        try:
+            reply = self.kc.get_shell_msg(timeout=0.01)
+        except queue.Empty:
+            return
+        self.replies[reply["parent_header"].get("msg_id")] = reply
+
+    def execute(self, code: str, *, wait: bool = True, timeout: float = 60) -> str:
+        msg = self.kc.session.msg(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
+        )
+        self.kc.shell_channel.send(msg)
+        msg_id: str = msg["header"]["msg_id"]
+        if wait:
+            self.wait(msg_id, timeout)
+        return msg_id
+
+    def wait(self, msg_id: str, timeout: float = 60) -> None:
+        end = time.monotonic() + timeout
+        while msg_id not in self.idle or msg_id not in self.replies:
+            if time.monotonic() > end:
+                raise AssertionError(f"cell did not finish in {timeout} s:\n{self.output(msg_id)}")
+            self._read_shell()
+
+    def reply(self, msg_id: str) -> dict[str, Any]:
+        return self.replies[msg_id]["content"]
+
+    def output(self, msg_id: str) -> str:
+        """Everything the cell printed or displayed as text, errors included."""
+        parts = []
+        for m in list(self.iopub):
+            if m["parent_header"].get("msg_id") != msg_id:
+                continue
+            content = m["content"]
+            if m["msg_type"] == "stream":
+                parts.append(content["text"])
+            elif m["msg_type"] in ("execute_result", "display_data"):
+                parts.append(content["data"].get("text/plain", ""))
+            elif m["msg_type"] == "error":
+                parts.append(f"{content['ename']}: {content['evalue']}")
+        return "".join(parts)
+
+    def run(self, code: str, timeout: float = 60) -> str:
+        """Execute a cell, fail on an error, return its text output."""
+        msg_id = self.execute(code, timeout=timeout)
+        content = self.reply(msg_id)
+        assert content["status"] == "ok", (
+            f"{content.get('ename')}: {content.get('evalue')}\n{self.output(msg_id)}"
+        )
+        return self.output(msg_id)
+
+    def interrupt(self) -> None:
+        self.km.interrupt_kernel()
+
+    def close(self) -> None:
+        self._stop = True
+        self._pump_thread.join(timeout=2)
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+        ensure_event_loop().close()
