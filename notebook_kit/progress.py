@@ -10,7 +10,7 @@ from typing import Any
 from .reporting import RunStats
 
 TICK = 0.2  # seconds between counter reads
-POSTFIX_EVERY = 5  # ticks between postfix refreshes (about once a second)
+REDRAW_EVERY = 5  # ticks between forced redraws while no row finishes (about 1 s)
 
 
 class ProgressBar:
@@ -44,7 +44,7 @@ class ProgressBar:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         if self._bar is not None:
-            self._show(postfix=True)
+            self._show(redraw=True)
             self._bar.close()
 
     async def _tick(self) -> None:
@@ -52,17 +52,16 @@ class ProgressBar:
         while True:
             await asyncio.sleep(TICK)
             ticks += 1
-            self._show(postfix=ticks % POSTFIX_EVERY == 0)
+            self._show(redraw=ticks % REDRAW_EVERY == 0)
 
-    def _show(self, *, postfix: bool) -> None:
+    def _show(self, *, redraw: bool) -> None:
         stats, bar = self._stats, self._bar
-        if postfix:
-            bar.set_postfix(self.postfix(stats), refresh=False)
+        bar.set_postfix(self.postfix(stats), refresh=False)  # drawn with the next refresh
         step = stats.done - bar.n
         if step > 0:
-            bar.update(step)
-        elif postfix:
-            bar.refresh()
+            bar.update(step)  # tqdm redraws at most every `mininterval`
+        elif redraw:
+            bar.refresh()  # nothing finished lately: still show retrying counts
 
     @staticmethod
     def postfix(stats: RunStats) -> dict[str, int]:
