@@ -135,7 +135,7 @@ class Engine:
         assert task is not None
         state = self._rows[task]
         try:
-            completion: Completion = await self._retry.copy()(self._attempt, request, state)
+            completion = await self._with_retries(request, state)
         except CallError as exc:
             if exc.fatal:
                 self._abort(exc)
@@ -169,6 +169,29 @@ class Engine:
         if state.holds_slot:  # the row ended before its first attempt took the slot over
             self.limit.release()
         self._finish(result)
+
+    async def _with_retries(self, request: Request, state: _RowState) -> Completion:
+        """The first attempt runs outside tenacity, whose per-call setup costs more than the
+        engine's own work per row (measured: ~40 µs). If it fails and may be retried,
+        tenacity takes over from that failure, so its waits and stop rule see every attempt.
+        """
+        try:
+            return await self._attempt(request, state)
+        except CallError as exc:
+            if not exc.retryable:
+                raise
+            first = exc
+        replayed = False
+
+        async def attempt() -> Completion:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                raise first
+            return await self._attempt(request, state)
+
+        completion: Completion = await self._retry.copy()(attempt)
+        return completion
 
     async def _attempt(self, request: Request, state: _RowState) -> Completion:
         if state.holds_slot:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -104,6 +105,7 @@ def _json_safe(params: dict[str, Any]) -> dict[str, Any]:
     return safe
 
 
+@functools.cache
 def _version(package: str) -> str | None:
     try:
         return version(package)

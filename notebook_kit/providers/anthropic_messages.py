@@ -71,19 +71,19 @@ class AnthropicProvider(Provider):
             http_client=anthropic.DefaultAioHttpClient(),
         )
         try:
-            yield _AnthropicSession(client, self.redact)
+            yield _AnthropicSession(client, anthropic, self.redact)
         finally:
             await client.close()
 
 
 class _AnthropicSession:
-    def __init__(self, client: Any, redact: Redactor) -> None:
+    def __init__(self, client: Any, sdk: Any, redact: Redactor) -> None:
         self._client = client
+        self._sdk = sdk  # the SDK module, imported once per run rather than per call
         self._redact = redact
 
     async def complete(self, request: Request) -> Completion:
-        import anthropic
-
+        sdk = self._sdk
         system, messages = split_system(request.messages)
         params = dict(request.params)
         if system:
@@ -94,7 +94,7 @@ class _AnthropicSession:
                 model=request.model, messages=messages, **params
             )
             reply = await raw.parse()
-        except anthropic.APIStatusError as exc:
+        except sdk.APIStatusError as exc:
             message, code = body_message(exc.body, exc.message)
             error = status_error(
                 exc.status_code,
@@ -103,11 +103,11 @@ class _AnthropicSession:
                 headers=exc.response.headers,
                 request_id=exc.request_id,
             )
-        except anthropic.APITimeoutError:
+        except sdk.APITimeoutError:
             error = CallError(ErrorType.TIMEOUT, "the server did not answer in time")
-        except anthropic.APIConnectionError as exc:
+        except sdk.APIConnectionError as exc:
             error = CallError(ErrorType.CONNECTION, connection_text(exc, self._redact))
-        except (json.JSONDecodeError, anthropic.APIResponseValidationError) as exc:
+        except (json.JSONDecodeError, sdk.APIResponseValidationError) as exc:
             error = CallError(ErrorType.INVALID_RESPONSE, f"malformed reply: {type(exc).__name__}")
         except UnicodeEncodeError:
             error = CallError(ErrorType.INVALID_INPUT, "the prompt holds text that is not UTF-8")

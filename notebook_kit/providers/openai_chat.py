@@ -60,26 +60,26 @@ class OpenAIProvider(Provider):
             http_client=openai.DefaultAioHttpClient(),
         )
         try:
-            yield _OpenAISession(client, self.redact)
+            yield _OpenAISession(client, openai, self.redact)
         finally:
             await client.close()
 
 
 class _OpenAISession:
-    def __init__(self, client: Any, redact: Redactor) -> None:
+    def __init__(self, client: Any, sdk: Any, redact: Redactor) -> None:
         self._client = client
+        self._sdk = sdk  # the SDK module, imported once per run rather than per call
         self._redact = redact
 
     async def complete(self, request: Request) -> Completion:
-        import openai
-
+        sdk = self._sdk
         error: CallError
         try:
             raw = await self._client.chat.completions.with_raw_response.create(
                 model=request.model, messages=request.messages, **request.params
             )
             reply = raw.parse()
-        except openai.APIStatusError as exc:
+        except sdk.APIStatusError as exc:
             message, code = body_message(exc.body, exc.message)
             error = status_error(
                 exc.status_code,
@@ -88,11 +88,11 @@ class _OpenAISession:
                 headers=exc.response.headers,
                 request_id=exc.request_id,
             )
-        except openai.APITimeoutError:
+        except sdk.APITimeoutError:
             error = CallError(ErrorType.TIMEOUT, "the server did not answer in time")
-        except openai.APIConnectionError as exc:
+        except sdk.APIConnectionError as exc:
             error = CallError(ErrorType.CONNECTION, connection_text(exc, self._redact))
-        except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
+        except (json.JSONDecodeError, sdk.APIResponseValidationError) as exc:
             error = CallError(ErrorType.INVALID_RESPONSE, f"malformed reply: {type(exc).__name__}")
         except UnicodeEncodeError:
             error = CallError(ErrorType.INVALID_INPUT, "the prompt holds text that is not UTF-8")
