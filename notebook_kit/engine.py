@@ -229,7 +229,9 @@ class Engine:
         except CallError as exc:
             outcome = exc.error_type.value
             if exc.error_type is ErrorType.RATE_LIMIT:
-                self.gate.cool_down(exc.retry_after or self.config.retry.backoff_base)
+                policy = self.config.retry
+                pause = min(exc.retry_after or policy.backoff_base, policy.retry_after_cap)
+                self.gate.cool_down(pause)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("row %d attempt %d: %s", request.key, state.attempts, exc)
             raise

@@ -34,7 +34,8 @@ class DemoProvider(Provider):
     latency: median seconds per reply (lognormal with `jitter` as sigma; 0 for instant).
     error_rate, timeout_rate, rate_limit_rate: chance per request of a simulated 500,
     a hang (ended by the kit's `timeout`), or a 429 with `retry_after` seconds.
-    rpm: a simulated server limit; requests beyond it in any minute get a 429.
+    rpm: a simulated server limit, enforced as rpm/60 requests per sliding second (as
+    providers do); requests beyond it get a 429 whose Retry-After says when to come back.
     """
 
     name = "demo"
@@ -63,7 +64,7 @@ class DemoProvider(Provider):
         self.retry_after = retry_after
         self.rpm = rpm
         self._rng = random.Random(seed)
-        self._recent: deque[float] = deque()  # start times inside the rpm window
+        self._recent: deque[float] = deque()  # start times inside the last second
 
     def __repr__(self) -> str:
         return (
@@ -114,10 +115,10 @@ class DemoProvider(Provider):
         if self.rpm is None:
             return
         now = time.monotonic()
-        while self._recent and now - self._recent[0] >= 60.0:
+        while self._recent and now - self._recent[0] >= 1.0:
             self._recent.popleft()
-        if len(self._recent) >= self.rpm:
-            wait = 60.0 - (now - self._recent[0])
+        if len(self._recent) >= max(1.0, self.rpm / 60.0):
+            wait = 1.0 - (now - self._recent[0])
             raise CallError(
                 ErrorType.RATE_LIMIT,
                 f"HTTP 429: simulated limit of {self.rpm:g} requests per minute",
