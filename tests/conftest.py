@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 
 import pytest
 from fake_llm_server import FakeLLMServer
 
 KEY = "sk-test-SENTINEL-0123456789abcdef"
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Give the server (in another thread) up to 2 s to reach `condition`."""
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached within 2 s")
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import anthropic
 import openai
 import pytest
 from anthropic.types import Message, MessageParam
+from conftest import eventually
 from fake_llm_server import FakeLLMServer
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
@@ -60,15 +61,6 @@ async def ask_anthropic(
         model=MODEL, max_tokens=max_tokens, messages=messages, **kwargs
     )
     return message
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Give the server (in another thread) up to 2 s to reach `condition`."""
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached within 2 s")
 
 
 # -- successes ---------------------------------------------------------------
