@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ..errors import CallError, MissingKeyError
+from ..errors import MissingKeyError
 from ..secrets import MASK, Redactor, check_base_url, safe_url
-from ..types import Completion, ErrorType, Request
-from .base import SDK_TIMEOUT_SLACK, Provider, body_message, connection_text, status_error
+from ..types import Completion, Request
+from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession
 
 ENV_KEY = "ANTHROPIC_API_KEY"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this is used when none is given
@@ -76,52 +75,25 @@ class AnthropicProvider(Provider):
             await client.close()
 
 
-class _AnthropicSession:
-    def __init__(self, client: Any, sdk: Any, redact: Redactor) -> None:
-        self._client = client
-        self._sdk = sdk  # the SDK module, imported once per run rather than per call
-        self._redact = redact
-
-    async def complete(self, request: Request) -> Completion:
-        sdk = self._sdk
+class _AnthropicSession(SDKSession):
+    async def _call(self, request: Request) -> Completion:
         system, messages = split_system(request.messages)
         params = dict(request.params)
         if system:
             params["system"] = system
-        error: CallError
-        try:
-            raw = await self._client.messages.with_raw_response.create(
-                model=request.model, messages=messages, **params
-            )
-            reply = await raw.parse()
-        except sdk.APIStatusError as exc:
-            message, code = body_message(exc.body, exc.message)
-            error = status_error(
-                exc.status_code,
-                self._redact(message),
-                code=code,
-                headers=exc.response.headers,
-                request_id=exc.request_id,
-            )
-        except sdk.APITimeoutError:
-            error = CallError(ErrorType.TIMEOUT, "the server did not answer in time")
-        except sdk.APIConnectionError as exc:
-            error = CallError(ErrorType.CONNECTION, connection_text(exc, self._redact))
-        except (json.JSONDecodeError, sdk.APIResponseValidationError) as exc:
-            error = CallError(ErrorType.INVALID_RESPONSE, f"malformed reply: {type(exc).__name__}")
-        except UnicodeEncodeError:
-            error = CallError(ErrorType.INVALID_INPUT, "the prompt holds text that is not UTF-8")
-        else:
-            text = "".join(b.text for b in reply.content if getattr(b, "type", "") == "text")
-            return Completion(
-                text=text,
-                model=reply.model or request.model,
-                input_tokens=reply.usage.input_tokens,
-                output_tokens=reply.usage.output_tokens,
-                finish_reason=FINISH_REASONS.get(reply.stop_reason or "", reply.stop_reason),
-                request_id=raw.headers.get("request-id"),
-            )
-        raise error  # outside `except`: no chained SDK exception (it holds the request headers)
+        raw = await self._client.messages.with_raw_response.create(
+            model=request.model, messages=messages, **params
+        )
+        reply = await raw.parse()
+        text = "".join(b.text for b in reply.content if getattr(b, "type", "") == "text")
+        return Completion(
+            text=text,
+            model=reply.model or request.model,
+            input_tokens=reply.usage.input_tokens,
+            output_tokens=reply.usage.output_tokens,
+            finish_reason=FINISH_REASONS.get(reply.stop_reason or "", reply.stop_reason),
+            request_id=raw.headers.get("request-id"),
+        )
 
 
 def split_system(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -120,3 +121,52 @@ def connection_text(exc: BaseException, redact: Redactor) -> str:
     cause = exc.__cause__ or exc.__context__
     detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
     return redact(f"connection failed ({' '.join(detail.split())[:200]})")
+
+
+class SDKSession(ABC):
+    """A run's client of an official SDK (openai, anthropic: same error classes).
+
+    Subclasses send one request and read the reply; SDK errors become `CallError`s here.
+    """
+
+    def __init__(self, client: Any, sdk: Any, redact: Redactor) -> None:
+        self._client = client
+        self._sdk = sdk  # the SDK module, imported once per run rather than per call
+        self._redact = redact
+
+    @abstractmethod
+    async def _call(self, request: Request) -> Completion:
+        """Send `request` with the SDK and build the completion from its reply."""
+
+    async def complete(self, request: Request) -> Completion:
+        try:
+            return await self._call(request)
+        except Exception as exc:
+            error = self._error(exc)
+            if error is None:
+                raise
+        raise error  # outside `except`: no chained SDK exception (it holds the request headers)
+
+    def _error(self, exc: Exception) -> CallError | None:
+        sdk = self._sdk
+        if isinstance(exc, CallError):
+            return exc
+        if isinstance(exc, sdk.APIStatusError):
+            message, code = body_message(exc.body, exc.message)
+            return status_error(
+                exc.status_code,
+                self._redact(message),
+                code=code,
+                headers=exc.response.headers,
+                request_id=exc.request_id,
+            )
+        if isinstance(exc, sdk.APITimeoutError):
+            return CallError(ErrorType.TIMEOUT, "the server did not answer in time")
+        if isinstance(exc, sdk.APIConnectionError):
+            return CallError(ErrorType.CONNECTION, connection_text(exc, self._redact))
+        if isinstance(exc, json.JSONDecodeError | sdk.APIResponseValidationError):
+            # the SDKs raise a bare JSONDecodeError for a broken 200 body
+            return CallError(ErrorType.INVALID_RESPONSE, f"malformed reply: {type(exc).__name__}")
+        if isinstance(exc, UnicodeEncodeError):
+            return CallError(ErrorType.INVALID_INPUT, "the prompt holds text that is not UTF-8")
+        return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +10,7 @@ from typing import Any
 from ..errors import CallError, MissingKeyError
 from ..secrets import MASK, Redactor, check_base_url, safe_url
 from ..types import Completion, ErrorType, Request
-from .base import SDK_TIMEOUT_SLACK, Provider, body_message, connection_text, status_error
+from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession
 
 ENV_KEY = "OPENAI_API_KEY"
 LOCAL_KEY = "not-needed"  # OpenAI-compatible local servers take any key
@@ -65,40 +64,12 @@ class OpenAIProvider(Provider):
             await client.close()
 
 
-class _OpenAISession:
-    def __init__(self, client: Any, sdk: Any, redact: Redactor) -> None:
-        self._client = client
-        self._sdk = sdk  # the SDK module, imported once per run rather than per call
-        self._redact = redact
-
-    async def complete(self, request: Request) -> Completion:
-        sdk = self._sdk
-        error: CallError
-        try:
-            raw = await self._client.chat.completions.with_raw_response.create(
-                model=request.model, messages=request.messages, **request.params
-            )
-            reply = raw.parse()
-        except sdk.APIStatusError as exc:
-            message, code = body_message(exc.body, exc.message)
-            error = status_error(
-                exc.status_code,
-                self._redact(message),
-                code=code,
-                headers=exc.response.headers,
-                request_id=exc.request_id,
-            )
-        except sdk.APITimeoutError:
-            error = CallError(ErrorType.TIMEOUT, "the server did not answer in time")
-        except sdk.APIConnectionError as exc:
-            error = CallError(ErrorType.CONNECTION, connection_text(exc, self._redact))
-        except (json.JSONDecodeError, sdk.APIResponseValidationError) as exc:
-            error = CallError(ErrorType.INVALID_RESPONSE, f"malformed reply: {type(exc).__name__}")
-        except UnicodeEncodeError:
-            error = CallError(ErrorType.INVALID_INPUT, "the prompt holds text that is not UTF-8")
-        else:
-            return _completion(reply, raw.headers.get("x-request-id"), request.model)
-        raise error  # outside `except`: no chained SDK exception (it holds the request headers)
+class _OpenAISession(SDKSession):
+    async def _call(self, request: Request) -> Completion:
+        raw = await self._client.chat.completions.with_raw_response.create(
+            model=request.model, messages=request.messages, **request.params
+        )
+        return _completion(raw.parse(), raw.headers.get("x-request-id"), request.model)
 
 
 def _completion(reply: Any, request_id: str | None, model: str | None) -> Completion:
