@@ -288,11 +288,7 @@ class Engine:
         if self.run_error is not None:
             return
         error_class = RUN_ERRORS[exc.error_type]
-        hint = {
-            ErrorType.AUTH: "check the API key (env var or api_key=...) and its access",
-            ErrorType.QUOTA: "add credit or raise the spending limit, then retry_failed(result)",
-            ErrorType.NOT_FOUND: "check model=... and base_url=...",
-        }[exc.error_type]
+        hint = self.provider.advice(exc.error_type)
         self.run_error = error_class(f"the run stopped after {exc}. What to do: {hint}.")
         self._begin_stop(f"not run: the run stopped after {exc}")
         for task, state in self._rows.items():

@@ -52,7 +52,7 @@ class SpyProvider(Provider):
 
 async def test_pending_rows_are_not_tasks() -> None:
     spy = SpyProvider()
-    n = 20_000
+    n = 100_000
     df = pd.DataFrame({"prompt": [f"p{i}" for i in range(n)]})
     result = await kit.run_df(df, "prompt", provider=spy, concurrency=16, progress=False)
     assert (result["status"] == "ok").all()

@@ -29,6 +29,7 @@ class AnthropicProvider(Provider):
     """Messages over the official SDK (aiohttp transport, SDK retries off)."""
 
     name = "anthropic"
+    key_source = f"{ENV_KEY} or api_key=..."
 
     def __init__(
         self,

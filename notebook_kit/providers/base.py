@@ -29,6 +29,7 @@ class Provider(ABC):
     """One LLM service: its settings and credentials. Opens a `Session` per run."""
 
     name: ClassVar[str]
+    key_source: ClassVar[str] = "api_key=..."  # where the key comes from, for error advice
     default_model: str
     redact: Redactor = Redactor()
 
@@ -39,6 +40,14 @@ class Provider(ABC):
     def describe(self) -> dict[str, Any]:
         """The provider's settings for the result's attrs (never a key)."""
         return {}
+
+    def advice(self, kind: ErrorType) -> str:
+        """What to do after a reply that stops the run (bad key, no credit, unknown model)."""
+        return {
+            ErrorType.AUTH: f"check the API key ({self.key_source}) and that it may use this model",
+            ErrorType.QUOTA: "add credit or raise the spending limit, then retry_failed(result)",
+            ErrorType.NOT_FOUND: "check model=... (and base_url=... for a compatible server)",
+        }.get(kind, "see the error above")
 
     def defaults(self) -> dict[str, Any]:
         """Model parameters the provider needs when the user gives none."""

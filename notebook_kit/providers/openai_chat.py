@@ -20,6 +20,7 @@ class OpenAIProvider(Provider):
     """Chat Completions over the official SDK (aiohttp transport, SDK retries off)."""
 
     name = "openai"
+    key_source = f"{ENV_KEY} or api_key=..."
 
     def __init__(
         self,
