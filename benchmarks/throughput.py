@@ -38,28 +38,31 @@ KEY = "bench-key"
 
 
 async def hand_written(url: str, n: int, c: int, transport: str, retries: int) -> dict[str, Any]:
-    """The cell people write today: one AsyncOpenAI, a Semaphore, asyncio.gather."""
+    """The cell people write today: one AsyncOpenAI, a Semaphore, asyncio.gather over the
+    frame's prompt column, answers assigned back as a new column."""
     import openai
+    import pandas as pd
 
+    df = pd.DataFrame({"prompt": [f"question {i}" for i in range(n)]})
     http = openai.DefaultAioHttpClient() if transport == "aiohttp" else None
     client = openai.AsyncOpenAI(base_url=url, api_key=KEY, max_retries=retries, http_client=http)
     semaphore = asyncio.Semaphore(c)
 
-    async def one(i: int) -> str | None:
+    async def one(prompt: str) -> str | None:
         async with semaphore:
             try:
                 reply = await client.chat.completions.create(
-                    model="bench", messages=[{"role": "user", "content": f"question {i}"}]
+                    model="bench", messages=[{"role": "user", "content": prompt}]
                 )
             except openai.APIError:
                 return None
             return reply.choices[0].message.content
 
     start_cpu, start = time.process_time(), time.perf_counter()
-    answers = await asyncio.gather(*(one(i) for i in range(n)))
+    df["response"] = await asyncio.gather(*(one(p) for p in df["prompt"]))
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     await client.close()
-    return {"wall": wall, "cpu": cpu, "ok": sum(a is not None for a in answers)}
+    return {"wall": wall, "cpu": cpu, "ok": int(df["response"].notna().sum())}
 
 
 def kit_run(url: str, n: int, c: int, rpm: float | None) -> dict[str, Any]:
