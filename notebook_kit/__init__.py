@@ -13,7 +13,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import last_report, last_result, report, retry_failed, run_df, run_df_sync
+    from .api import (
+        controls,
+        last_job,
+        last_report,
+        last_result,
+        report,
+        retry_failed,
+        run_df,
+        run_df_sync,
+        start,
+    )
     from .config import Limits, RetryPolicy, RunConfig
     from .errors import (
         AuthError,
@@ -25,8 +35,10 @@ if TYPE_CHECKING:
         QuotaError,
         RunError,
     )
+    from .job import Job
     from .providers import AnthropicProvider, DemoProvider, OpenAIProvider, Provider
     from .reporting import RunReport
+    from .session import SessionDefaults, defaults
     from .types import ErrorType, RowStatus
 
 __version__ = "0.1.0"
@@ -50,12 +62,18 @@ _HOMES = {
     "RunConfig": "config",
     "RunError": "errors",
     "RunReport": "reporting",
+    "SessionDefaults": "session",
+    "controls": "api",
+    "defaults": "session",
+    "Job": "job",
+    "last_job": "api",
     "last_report": "api",
     "last_result": "api",
     "report": "api",
     "retry_failed": "api",
     "run_df": "api",
     "run_df_sync": "api",
+    "start": "api",
 }
 
 __all__ = sorted(_HOMES)

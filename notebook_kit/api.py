@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
 from difflib import get_close_matches
 from typing import Any
 
@@ -16,16 +17,28 @@ from . import history
 from .config import Limits, RetryPolicy, RunConfig
 from .errors import ConfigError, RunError
 from .job import Job
+from .kernel import controls_live_while_awaiting, display_in_cell, in_notebook
 from .loops import run_blocking
 from .providers import DEMO_NOTICE, Provider, resolve
 from .reporting import RunReport
+from .session import defaults
 from .types import ErrorType
+from .ui import DefaultsPanel, Panel
 
 _OPTIONS = (
     "template system messages_col system_col model_col provider model base_url api_key "
-    "concurrency rpm tpm max_attempts timeout output_col progress limit"
+    "concurrency rpm tpm max_attempts timeout output_col progress limit panel models"
 ).split()
 _INPUT_OPTIONS = ("prompt", "template", "messages_col", "system", "system_col", "model_col")
+AWAIT_HINT = (
+    "This kernel (ipykernel < 7) applies control changes only after this cell ends; "
+    "use kit.start(...) for live control."
+)
+BLOCKING_HINT = (
+    "This cell blocks the kernel, so control changes may apply only after it ends; "
+    "use kit.start(...) or await kit.run_df(...) for live control."
+)
+log = logging.getLogger("notebook_kit")
 
 
 async def run_df(
@@ -41,11 +54,11 @@ async def run_df(
     model: str | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
-    concurrency: int = 8,
+    concurrency: int | None = None,
     rpm: float | None = None,
     tpm: float | None = None,
-    max_attempts: int = 5,
-    timeout: float = 120.0,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
     output_col: str = "response",
     progress: bool = True,
     limit: int | None = None,
@@ -58,9 +71,79 @@ async def run_df(
     Other keyword arguments (temperature, max_tokens, seed, ...) go to the model as is.
     Failed rows become data (`status`, `error`, `error_type`); re-run them with
     `await retry_failed(result)`. Use `run_df_sync` where you cannot `await`.
+    Options left as None take the session defaults (`kit.defaults`, `kit.controls()`).
+    In a notebook the run shows its panel (`kit.start` explains the controls).
     """
     job = _job(**locals())
+    if progress and in_notebook():
+        hint = None if controls_live_while_awaiting() else AWAIT_HINT
+        _show_panel(job, hint=hint)
     return await job.run()
+
+
+def start(
+    data: pd.DataFrame | pd.Series,
+    prompt: str | None = None,
+    *,
+    template: str | None = None,
+    system: str | None = None,
+    messages_col: str | None = None,
+    system_col: str | None = None,
+    model_col: str | None = None,
+    provider: str | Provider | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    concurrency: int | None = None,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    output_col: str = "response",
+    progress: bool = True,
+    limit: int | None = None,
+    panel: bool | None = None,
+    models: Sequence[str] = (),
+    **params: Any,
+) -> Job:
+    """Start a run in the background and return its `Job` at once (in a notebook cell).
+
+    The cell ends, so the panel's controls act on the running job on every kernel:
+    `job.panel.concurrency` (slider), `.model` (menu, for rows not started yet), `.pause`,
+    `.stop`. `job.df` is the frame so far; `await job` (in a later cell) gives the final
+    frame; `job.cancel()` stops it like the Stop button. `panel=None` shows the panel only
+    in a notebook; `models` adds choices to the model menu. Options as for `run_df`.
+    """
+    options = locals()
+    show, choices = options.pop("panel"), options.pop("models")
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise ConfigError(
+            "kit.start needs a running event loop, as in a Jupyter cell; "
+            "in a script use kit.run_df_sync(...) or await kit.run_df(...)"
+        ) from None
+    job = _job(**options)
+    if show or (show is None and progress and in_notebook()):
+        _show_panel(job, models=choices)
+    job.task = loop.create_task(job.run(), name=f"notebook_kit-{job.report.run_id}")
+    job.task.add_done_callback(_report_failure)
+    history.set_last_job(job)
+    return job
+
+
+def controls() -> DefaultsPanel:
+    """A panel bound to `kit.defaults`: the concurrency and model of the next runs."""
+    chosen, _ = resolve(defaults.provider)
+    panel = DefaultsPanel(defaults, models=chosen.models)
+    if in_notebook():
+        display_in_cell(panel)
+    return panel
+
+
+def last_job() -> Job | None:
+    """The job `kit.start` started last in this process."""
+    return history.last_job()
 
 
 def run_df_sync(
@@ -76,11 +159,11 @@ def run_df_sync(
     model: str | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
-    concurrency: int = 8,
+    concurrency: int | None = None,
     rpm: float | None = None,
     tpm: float | None = None,
-    max_attempts: int = 5,
-    timeout: float = 120.0,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
     output_col: str = "response",
     progress: bool = True,
     limit: int | None = None,
@@ -96,6 +179,8 @@ def run_df_sync(
     options = locals()
     nested = options.pop("use_nest_asyncio")
     job = _job(**options)
+    if progress and in_notebook():
+        _show_panel(job, hint=BLOCKING_HINT)
     return run_blocking(job.run(), use_nest_asyncio=nested)
 
 
@@ -162,28 +247,47 @@ def _job(
     base_url: str | None,
     api_key: str | None,
     model: str | None,
-    concurrency: int,
+    concurrency: int | None,
     rpm: float | None,
     tpm: float | None,
-    max_attempts: int,
-    timeout: float,
+    max_attempts: int | None,
+    timeout: float | None,
     progress: bool,
     params: dict[str, Any],
     **inputs: Any,
 ) -> Job:
+    """A job from the call's options, the session defaults filling the gaps (a snapshot)."""
     _check_params(params)
     plan = frames.plan(data, **inputs)
+    if provider is None and base_url is None and api_key is None:
+        provider = defaults.provider
     chosen, is_fallback = resolve(provider, base_url=base_url, api_key=api_key)
     if is_fallback:
         print(DEMO_NOTICE)
     config = RunConfig(
-        model=model or chosen.default_model,
-        limits=Limits(concurrency=concurrency, rpm=rpm, tpm=tpm),
-        retry=RetryPolicy(max_attempts=max_attempts),
-        timeout=timeout,
+        model=model or defaults.model or chosen.default_model,
+        limits=Limits(
+            concurrency=concurrency or defaults.concurrency,
+            rpm=rpm or defaults.rpm,
+            tpm=tpm or defaults.tpm,
+        ),
+        retry=RetryPolicy(max_attempts=max_attempts or defaults.max_attempts),
+        timeout=timeout or defaults.timeout,
         params={**chosen.defaults(), **params},
     )
     return Job(plan, chosen, config, progress=progress)
+
+
+def _show_panel(job: Job, *, hint: str | None = None, models: Sequence[str] = ()) -> None:
+    """Display the job's panel in the calling cell, before the job starts."""
+    job.panel = Panel(job, models=models, hint=hint)
+    display_in_cell(job.panel)
+
+
+def _report_failure(task: asyncio.Task[pd.DataFrame]) -> None:
+    """A background job's error is kept for `await job` and logged, never lost."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("background job %s failed: %s", task.get_name(), error)
 
 
 def _retry_job(

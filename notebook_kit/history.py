@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .config import RunConfig
+    from .job import Job
     from .providers.base import Provider
     from .reporting import RunReport
 
@@ -28,6 +29,7 @@ class RunRecord:
 
 _runs: OrderedDict[str, RunRecord] = OrderedDict()
 _last_frame: list[pd.DataFrame] = []
+_last_job: list[Job] = []
 
 
 def remember(record: RunRecord, frame: pd.DataFrame) -> None:
@@ -51,3 +53,11 @@ def last_frame() -> pd.DataFrame | None:
 
 def last_record() -> RunRecord | None:
     return next(reversed(_runs.values()), None)
+
+
+def set_last_job(job: Job) -> None:
+    _last_job[:] = [job]
+
+
+def last_job() -> Job | None:
+    return _last_job[0] if _last_job else None

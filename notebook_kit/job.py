@@ -1,4 +1,4 @@
-"""One run over a frame: wires the plan, the engine and the progress bar; builds the frames."""
+"""One run over a frame: wires plan, engine and display; takes controls; builds the frames."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import functools
 import json
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable, Generator
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -19,12 +21,22 @@ from .engine import Engine
 from .errors import RunError
 from .progress import ProgressBar
 from .providers.base import Provider
-from .reporting import RunReport
+from .reporting import RunReport, RunStats
 from .types import RowStatus
+
+if TYPE_CHECKING:
+    from .ui import Panel
 
 
 class Job:
-    """A run of `plan` on `provider`. `await job.run()` gives the result frame."""
+    """A run of `plan` on `provider`: its live frame, its controls, and its final frame.
+
+    `await job.run()` runs it in the calling task (an interrupt stops it). `kit.start`
+    runs it as a background task instead; then `await job` waits for the final frame, and
+    interrupting that wait stops the waiting, not the job. The control methods may be called
+    from any thread (widget callbacks can run on a kernel subshell thread): they only hand
+    the change to the job's own loop.
+    """
 
     def __init__(
         self, plan: frames.Plan, provider: Provider, config: RunConfig, *, progress: bool
@@ -36,6 +48,22 @@ class Job:
         self.report = RunReport(run_id=uuid.uuid4().hex[:12])
         self.engine: Engine | None = None
         self.result: pd.DataFrame | None = None
+        self.panel: Panel | None = None
+        self.task: asyncio.Task[pd.DataFrame] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: deque[Callable[[Engine], None]] = deque()  # controls before the start
+        self._paused = False
+        self._failed = False
+
+    def __repr__(self) -> str:
+        stats = self.stats
+        done = f"{stats.done}/{stats.total}" if stats else f"0/{len(self.plan.frame)}"
+        return f"<notebook_kit Job {self.report.run_id} {self.state}, {done} rows done>"
+
+    def __await__(self) -> Generator[Any, None, pd.DataFrame]:
+        if self.task is None:
+            raise RuntimeError("this job was not started with kit.start(...); await job.run()")
+        return asyncio.shield(self.task).__await__()
 
     @property
     def df(self) -> pd.DataFrame:
@@ -43,21 +71,86 @@ class Job:
         if self.result is not None:
             return self.result
         results = self.engine.results if self.engine else {}
-        return frames.build(self.plan, results, unfinished=RowStatus.PENDING)
+        return frames.build(self.plan, dict(results), unfinished=RowStatus.PENDING)
+
+    @property
+    def stats(self) -> RunStats | None:
+        return self.engine.stats if self.engine else None
+
+    @property
+    def state(self) -> str:
+        """queued, running, paused, stopping, done, stopped or failed."""
+        engine = self.engine
+        if self._failed:
+            return "failed"
+        if self.result is not None:
+            return "stopped" if engine and engine.stop_reason else "done"
+        if engine is None:
+            return "queued"
+        if engine.stop_reason:
+            return "stopping"
+        return "paused" if self._paused else "running"
+
+    # -- controls (any thread) -----------------------------------------------------------
+
+    def set_concurrency(self, value: int) -> None:
+        """Requests in flight at most, from now on (in-flight requests are not interrupted)."""
+        value = int(value)
+        self._control(lambda engine: engine.set_concurrency(value))
+
+    def set_model(self, model: str) -> None:
+        """The model for rows not started yet (rows with their own model keep it)."""
+        self._control(lambda engine: setattr(engine, "model", model))
+
+    def pause(self) -> None:
+        """Start nothing new; requests in flight finish."""
+        self._paused = True
+        self._control(lambda engine: engine.gate.pause())
+
+    def resume(self) -> None:
+        self._paused = False
+        self._control(lambda engine: engine.gate.resume())
+
+    def cancel(self) -> None:
+        """Stop: cancel requests in flight; the final frame keeps every finished row."""
+        self._control(lambda engine: engine.stop())
+
+    def _control(self, change: Callable[[Engine], None]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._pending.append(change)
+            return
+        loop.call_soon_threadsafe(self._apply, change)
+
+    def _apply(self, change: Callable[[Engine], None]) -> None:
+        if self.engine is not None and self.result is None:
+            change(self.engine)
+
+    # -- the run -------------------------------------------------------------------------
 
     async def run(self) -> pd.DataFrame:
         started = time.time()
+        self._loop = asyncio.get_running_loop()
         engine = Engine(self.provider, self.config, total=len(self.plan.frame), report=self.report)
         self.engine = engine
+        while self._pending:
+            self._pending.popleft()(engine)
+        display = self.panel or ProgressBar(engine.stats, enabled=self.progress)
         try:
-            async with ProgressBar(engine.stats, enabled=self.progress):
+            async with display:
                 await engine.run(self.plan.requests(self.config.params))
         except (asyncio.CancelledError, RunError) as exc:
             result = self._finish(engine, started)
             if isinstance(exc, RunError):
+                self._failed = True
                 exc.partial = result
+            if self.panel is not None:
+                self.panel.show(error=exc)
             raise
-        return self._finish(engine, started)
+        result = self._finish(engine, started)
+        if self.panel is not None:
+            self.panel.show()
+        return result
 
     def _finish(self, engine: Engine, started: float) -> pd.DataFrame:
         result = frames.build(self.plan, engine.results, reason=engine.stop_reason)

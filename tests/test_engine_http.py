@@ -113,7 +113,7 @@ async def test_tpm_paces_by_estimated_tokens(server: FakeLLMServer) -> None:
 
 async def test_no_request_starts_after_the_first_401(server: FakeLLMServer) -> None:
     server.configure(latency=0.05)
-    with pytest.raises(kit.AuthError, match="check the API key .OPENAI_API_KEY") as caught:
+    with pytest.raises(kit.AuthError, match=r"check the API key \(OPENAI_API_KEY") as caught:
         await kit.run_df(
             prompts(50),
             "prompt",

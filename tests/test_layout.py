@@ -34,6 +34,18 @@ def test_surface_is_sorted_and_every_name_resolves() -> None:
     assert set(kit.__all__) <= set(dir(kit))
 
 
+def test_no_submodule_shadows_a_public_name() -> None:
+    code = (
+        "import notebook_kit as kit, pkgutil, importlib\n"
+        "for m in pkgutil.walk_packages(kit.__path__, 'notebook_kit.'):\n"
+        "    if not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
+        "bad = [n for n in kit.__all__ if type(getattr(kit, n)).__name__ == 'module']\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_unknown_attribute_is_an_attribute_error() -> None:
     try:
         kit.run_dataframe  # noqa: B018

@@ -29,6 +29,7 @@ class AnthropicProvider(Provider):
     """Messages over the official SDK (aiohttp transport, SDK retries off)."""
 
     name = "anthropic"
+    models = ("claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1")
     key_source = f"{ENV_KEY} or api_key=..."
 
     def __init__(

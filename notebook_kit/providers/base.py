@@ -30,6 +30,7 @@ class Provider(ABC):
 
     name: ClassVar[str]
     key_source: ClassVar[str] = "api_key=..."  # where the key comes from, for error advice
+    models: ClassVar[tuple[str, ...]] = ()  # suggestions for the panel's model menu
     default_model: str
     redact: Redactor = Redactor()
 

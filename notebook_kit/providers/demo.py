@@ -39,6 +39,7 @@ class DemoProvider(Provider):
     """
 
     name = "demo"
+    models = ("demo", "demo-large")
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ class OpenAIProvider(Provider):
     """Chat Completions over the official SDK (aiohttp transport, SDK retries off)."""
 
     name = "openai"
+    models = ("gpt-4.1-mini", "gpt-4.1-nano", "gpt-4.1", "gpt-4o-mini", "o4-mini")
     key_source = f"{ENV_KEY} or api_key=..."
 
     def __init__(

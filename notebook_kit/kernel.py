@@ -1,0 +1,109 @@
+"""What the Jupyter kernel we run in can do, and a workaround for one of its bugs.
+
+Measured (research/jupyter-risks.md): widget changes reach a job that runs as a task after
+its cell ended on every ipykernel; during an awaiting cell only on ipykernel >= 7 (7.0-7.3
+only when JupyterLab sends comms over subshells); never into a cell that blocks.
+
+ipykernel 7.4 handles comm messages while an async cell awaits ("concurrent" dispatch) but
+publishes no `idle` status for them. The ipywidgets frontend keeps one message in flight per
+widget and waits for that idle, so after one change the control freezes for good. For the
+widgets the kit owns, `publish_missing_idle` sends that idle: exactly one per comm message
+dispatched concurrently, only on the affected versions, and a no-op if internals change.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger("notebook_kit")
+
+AFFECTED = ((7, 4), (8, 0))  # ipykernel versions without idle for concurrent comm messages
+
+
+def ipykernel_version() -> tuple[int, ...] | None:
+    """The running kernel's ipykernel version, or None outside a kernel."""
+    if "ipykernel" not in sys.modules or _kernel() is None:
+        return None
+    from importlib.metadata import version
+
+    major, minor = version("ipykernel").split(".")[:2]
+    return int(major), int(minor)
+
+
+def in_notebook() -> bool:
+    """Whether we run inside a Jupyter kernel that can show widgets."""
+    if _kernel() is None:
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def display_in_cell(obj: object) -> None:
+    """Display `obj` in the current cell's output."""
+    from IPython.display import display
+
+    display(obj)  # type: ignore[no-untyped-call]
+
+
+def controls_live_while_awaiting() -> bool:
+    """Whether widget changes can reach a job while its cell awaits it."""
+    version = ipykernel_version()
+    return version is not None and version >= (7, 0)
+
+
+def publish_missing_idle(widget: Any) -> None:
+    """Make `widget` send the idle status ipykernel 7.4 forgets (see the module docstring)."""
+    version = ipykernel_version()
+    if version is None or not AFFECTED[0] <= version < AFFECTED[1]:
+        return
+    comm: Any = getattr(widget, "comm", None)
+    callback = getattr(comm, "_msg_callback", None)
+    if callback is None or getattr(callback, "_publishes_idle", False):
+        return
+    comm.on_msg(_acknowledging(callback))
+
+
+def _acknowledging(callback: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+    def handle(msg: dict[str, Any]) -> Any:
+        concurrent = _dispatched_concurrently()
+        try:
+            return callback(msg)
+        finally:
+            if concurrent:
+                _publish_idle(msg)
+
+    handle._publishes_idle = True  # type: ignore[attr-defined]
+    return handle
+
+
+def _dispatched_concurrently() -> bool:
+    """Whether the comm message being handled came through ipykernel's concurrent path."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "dispatch_shell" and "concurrent" in frame.f_locals:
+            return bool(frame.f_locals["concurrent"])
+        frame = frame.f_back
+    return False
+
+
+def _publish_idle(msg: dict[str, Any]) -> None:
+    kernel = _kernel()
+    try:
+        kernel._publish_status("idle", "shell", parent=msg)
+    except Exception:
+        log.debug("could not publish idle for a widget message", exc_info=True)
+
+
+def _kernel() -> Any:
+    shell_module = sys.modules.get("IPython")
+    if shell_module is None:
+        return None
+    shell = shell_module.get_ipython()
+    return getattr(shell, "kernel", None)

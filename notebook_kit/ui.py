@@ -1,0 +1,213 @@
+"""ipywidgets panels: the live controls of a job, and the session defaults (`kit.controls()`).
+
+Widget callbacks may run on a kernel subshell thread, so they only hand changes to the job
+(whose methods go through `loop.call_soon_threadsafe`). Progress and status reach the
+browser as widget state only, pushed by one ticker a few times a second. Errors in
+callbacks are shown in the panel, never swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .kernel import display_in_cell, publish_missing_idle
+
+if TYPE_CHECKING:
+    from .job import Job
+    from .reporting import RunStats
+    from .session import SessionDefaults
+
+TICK = 0.25  # seconds between two pushes of progress and status to the browser
+
+
+def _options(current: str | None, *more: Sequence[str]) -> list[str]:
+    seen = [current] if current else []
+    for group in more:
+        seen += [m for m in group if m not in seen]
+    return seen
+
+
+class _Callbacks:
+    """Runs widget callbacks and shows their errors in an HTML line of the panel."""
+
+    def __init__(self) -> None:
+        import ipywidgets as widgets
+
+        self.log = widgets.HTML()
+
+    def guard(self, callback: Callable[[Any], None]) -> Callable[[Any], None]:
+        def run(change: Any) -> None:
+            try:
+                callback(change)
+            except Exception as exc:
+                text = html.escape(f"{type(exc).__name__}: {exc}")
+                self.log.value = f"<span style='color:#b00'>control failed: {text}</span>"
+
+        return run
+
+
+class Panel(_Callbacks):
+    """A job's live controls: `concurrency`, `model`, `pause`, `stop`, plus progress and status."""
+
+    def __init__(self, job: Job, *, models: Sequence[str] = (), hint: str | None = None) -> None:
+        import ipywidgets as widgets
+
+        super().__init__()
+        self._job = job
+        start = job.config.limits.concurrency
+        self.concurrency = widgets.IntSlider(
+            value=start,
+            min=1,
+            max=max(64, 4 * start),
+            description="concurrency",
+            continuous_update=False,
+        )
+        self.model = widgets.Dropdown(
+            options=_options(job.config.model, models, job.provider.models),
+            value=job.config.model,
+            description="model",
+        )
+        self.pause = widgets.ToggleButton(value=False, description="Pause", icon="pause")
+        self.stop = widgets.Button(description="Stop", button_style="danger", icon="stop")
+        total = len(job.plan.frame)
+        self.bar = widgets.IntProgress(value=0, min=0, max=max(total, 1), description=f"0/{total}")
+        self.status = widgets.HTML("starting…")
+        self.hint = widgets.HTML(f"<i>{html.escape(hint)}</i>" if hint else "")
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.concurrency, self.model]),
+                widgets.HBox([self.pause, self.stop, self.bar]),
+                self.status,
+                self.hint,
+                self.log,
+            ]
+        )
+        for control in (self.concurrency, self.model, self.pause, self.stop):
+            publish_missing_idle(control)
+        self.concurrency.observe(
+            self.guard(lambda change: job.set_concurrency(change["new"])), names="value"
+        )
+        self.model.observe(self.guard(lambda change: job.set_model(change["new"])), names="value")
+        self.pause.observe(self.guard(self._on_pause), names="value")
+        self.stop.on_click(self.guard(lambda _: job.cancel()))
+        self._ticker: asyncio.Task[None] | None = None
+        self._started = time.monotonic()
+
+    def _ipython_display_(self) -> None:
+        display_in_cell(self.widget)
+
+    def _on_pause(self, change: dict[str, Any]) -> None:
+        paused = bool(change["new"])
+        self.pause.description = "Resume" if paused else "Pause"
+        self.pause.icon = "play" if paused else "pause"
+        if paused:
+            self._job.pause()
+        else:
+            self._job.resume()
+
+    # -- the ticker, run on the job's loop ----------------------------------------------
+
+    async def __aenter__(self) -> Panel:
+        self._started = time.monotonic()
+        self._ticker = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for control in (self.concurrency, self.model, self.pause, self.stop):
+            control.disabled = True
+
+    async def _tick(self) -> None:
+        while True:
+            self.show()
+            await asyncio.sleep(TICK)
+
+    def show(self, error: BaseException | None = None) -> None:
+        """Push the job's counters to the bar and the status line (only what changed)."""
+        stats = self._job.stats
+        if stats is None:
+            return
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        if self.bar.value != stats.done:
+            self.bar.value = stats.done
+            self.bar.description = f"{stats.done}/{stats.total}"
+        text = status_line(stats, elapsed, state=self._job.state)
+        if error is not None:
+            reason = html.escape(str(error) or type(error).__name__)
+            text += f"<br><span style='color:#b00'>{reason}</span>"
+        if self.status.value != text:
+            self.status.value = text
+
+
+def status_line(stats: RunStats, elapsed: float, *, state: str) -> str:
+    """done / ok / error / retrying / in flight, rows per second, tokens."""
+    parts = [
+        f"<b>{state}</b>",
+        f"{stats.done}/{stats.total} done",
+        f"ok {stats.ok}",
+        f"error {stats.error}",
+        f"retrying {stats.retrying}",
+        f"in flight {stats.in_flight}",
+        f"{stats.done / elapsed:.1f} rows/s",
+        f"{stats.input_tokens + stats.output_tokens:,} tokens",
+    ]
+    if stats.cancelled:
+        parts.append(f"cancelled {stats.cancelled}")
+    if stats.skipped:
+        parts.append(f"skipped {stats.skipped}")
+    return " · ".join(parts)
+
+
+class DefaultsPanel(_Callbacks):
+    """`kit.controls()`: concurrency and model for the runs that start after a change."""
+
+    def __init__(self, settings: SessionDefaults, *, models: Sequence[str]) -> None:
+        import ipywidgets as widgets
+
+        super().__init__()
+        self.concurrency = widgets.IntSlider(
+            value=settings.concurrency,
+            min=1,
+            max=max(64, 4 * settings.concurrency),
+            description="concurrency",
+            continuous_update=False,
+        )
+        choices = [("provider's default", None), *((m, m) for m in _options(None, models))]
+        if settings.model and settings.model not in models:
+            choices.append((settings.model, settings.model))
+        self.model = widgets.Dropdown(options=choices, value=settings.model, description="model")
+        self.widget = widgets.VBox(
+            [
+                widgets.HTML("<b>notebook_kit defaults</b> for the next runs"),
+                widgets.HBox([self.concurrency, self.model]),
+                self.log,
+            ]
+        )
+        for control in (self.concurrency, self.model):
+            publish_missing_idle(control)
+
+        def set_concurrency(change: dict[str, Any]) -> None:
+            settings.concurrency = int(change["new"])
+
+        def set_model(change: dict[str, Any]) -> None:
+            settings.model = change["new"]
+
+        self.concurrency.observe(self.guard(set_concurrency), names="value")
+        self.model.observe(self.guard(set_model), names="value")
+
+    def _ipython_display_(self) -> None:
+        display_in_cell(self.widget)
