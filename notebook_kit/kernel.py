@@ -9,11 +9,13 @@ publishes no `idle` status for them. The ipywidgets frontend keeps one message i
 widget and waits for that idle, so after one change the control freezes for good. For the
 widgets the kit owns, `publish_missing_idle` sends that idle: exactly one per comm message
 dispatched concurrently, only on the affected versions, and a no-op if internals change.
+Setting NOTEBOOK_KIT_NO_IDLE_FIX=1 turns it off (to see the bug, or if it ever misbehaves).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -62,6 +64,8 @@ def publish_missing_idle(widget: Any) -> None:
     """Make `widget` send the idle status ipykernel 7.4 forgets (see the module docstring)."""
     version = ipykernel_version()
     if version is None or not AFFECTED[0] <= version < AFFECTED[1]:
+        return
+    if os.environ.get("NOTEBOOK_KIT_NO_IDLE_FIX"):
         return
     comm: Any = getattr(widget, "comm", None)
     callback = getattr(comm, "_msg_callback", None)

@@ -5,14 +5,41 @@ from __future__ import annotations
 import json
 import os
 import queue
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from jupyter_client import KernelManager
 from jupyter_core.utils import ensure_event_loop
+
+REPO = Path(__file__).resolve().parents[1]
+OLD_KERNEL = "6.29.5"  # the last ipykernel before subshells and concurrent comm dispatch
+
+
+def old_kernel_python() -> str:
+    """A Python with ipykernel 6.29 and the kit's dependencies, made once and kept.
+
+    The kit itself is not installed there: kernels get the repository on PYTHONPATH.
+    """
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    requirements = [f"ipykernel=={OLD_KERNEL}", *pyproject["project"]["dependencies"]]
+    venv = REPO / ".venv-kernels" / f"ipykernel-{OLD_KERNEL}"
+    python = venv / "bin" / "python"
+    marker = venv / "requirements.txt"
+    wanted = "\n".join(requirements)
+    if not (python.exists() and marker.exists() and marker.read_text() == wanted):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", *requirements],
+            check=True,
+        )
+        marker.write_text(wanted)
+    return str(python)
 
 
 def kernelspec(python: str, name: str) -> str:
@@ -34,7 +61,8 @@ class Kernel:
     def __init__(self, python: str, *, env: dict[str, str] | None = None) -> None:
         name = kernelspec(python, f"nbkit-{abs(hash(python))}")
         self.km = KernelManager(kernel_name=name)
-        self.km.start_kernel(env={**os.environ, **(env or {})})
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        self.km.start_kernel(env={**os.environ, "PYTHONPATH": path, **(env or {})})
         self.kc = self.km.blocking_client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)
@@ -115,6 +143,35 @@ class Kernel:
             f"{content.get('ename')}: {content.get('evalue')}\n{self.output(msg_id)}"
         )
         return self.output(msg_id)
+
+    def send_comm(self, comm_id: str, state: dict[str, Any]) -> str:
+        """Exactly what ipywidgets' frontend sends when the user changes a widget."""
+        msg = self.kc.session.msg(
+            "comm_msg",
+            {"comm_id": comm_id, "data": {"method": "update", "state": state, "buffer_paths": []}},
+        )
+        self.kc.shell_channel.send(msg)
+        msg_id: str = msg["header"]["msg_id"]
+        return msg_id
+
+    def statuses(self, msg_id: str) -> list[str]:
+        """The busy/idle states the kernel published for one message."""
+        return [
+            m["content"]["execution_state"]
+            for m in list(self.iopub)
+            if m["msg_type"] == "status" and m["parent_header"].get("msg_id") == msg_id
+        ]
+
+    def widgets(self, msg_id: str, model: str) -> list[dict[str, Any]]:
+        """Widgets of one model name (e.g. IntSliderModel) that a cell created: id and state."""
+        found = []
+        for m in list(self.iopub):
+            if m["msg_type"] != "comm_open" or m["parent_header"].get("msg_id") != msg_id:
+                continue
+            state = m["content"]["data"].get("state", {})
+            if state.get("_model_name") == model:
+                found.append({"id": m["content"]["comm_id"], **state})
+        return found
 
     def interrupt(self) -> None:
         self.km.interrupt_kernel()

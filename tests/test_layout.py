@@ -53,3 +53,15 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
         assert "run_dataframe" in str(exc)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_a_script_gets_a_text_bar_and_no_widgets() -> None:
+    code = (
+        "import sys, pandas as pd, notebook_kit as kit\n"
+        "df = pd.DataFrame({'p': ['a', 'b']})\n"
+        "r = kit.run_df_sync(df, 'p', provider=kit.DemoProvider(latency=0))\n"
+        "print('ipywidgets' in sys.modules, list(r.status))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False ['ok', 'ok']"
+    assert "2/2" in out.stderr and "ok=2" in out.stderr  # tqdm's text bar on stderr

@@ -1,0 +1,177 @@
+"""The panel in a real kernel, driven over jupyter_client like a browser would.
+
+Every test runs on ipykernel 7.4 (this venv) and 6.29 (a second venv the harness builds once),
+so the 6.x hint and the 7.4 version gate are both exercised. The fake server runs in this
+process; the kernel calls it over HTTP, and its in-flight count is the witness.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import KEY
+from fake_llm_server import FakeLLMServer
+from kernel_harness import OLD_KERNEL, Kernel, old_kernel_python
+
+pytestmark = pytest.mark.kernel
+
+NEW = "7.4"
+
+
+@pytest.fixture(params=[NEW, OLD_KERNEL], scope="module")
+def version(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def kernel(version: str, server: FakeLLMServer) -> Iterator[Kernel]:
+    python = sys.executable if version == NEW else old_kernel_python()
+    k = Kernel(python)
+    try:
+        k.run(
+            "import asyncio, time, ipykernel, pandas as pd, notebook_kit as kit\n"
+            "df = pd.DataFrame({'prompt': [f'question {i}' for i in range(400)]})\n"
+            f"opts = dict(base_url={server.openai_base_url!r}, api_key={KEY!r})\n"
+            "print(ipykernel.__version__)"
+        )
+        yield k
+    finally:
+        k.close()
+
+
+def level(server: FakeLLMServer) -> int:
+    return int(server.stats()["in_flight"])
+
+
+def wait_for(condition: object, seconds: float = 5.0) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+def test_slider_steers_a_background_job(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.configure(latency=0.3)
+    cell = kernel.execute("job = kit.start(df, 'prompt', concurrency=2, **opts)")
+    assert kernel.reply(cell)["status"] == "ok"  # the cell ended; the job runs on
+    (slider,) = kernel.widgets(cell, "IntSliderModel")
+    wait_for(lambda: level(server) == 2)
+    update = kernel.send_comm(slider["id"], {"value": 7})
+    wait_for(lambda: level(server) == 7)
+    assert kernel.statuses(update).count("idle") == 1
+    kernel.send_comm(slider["id"], {"value": 3})
+    wait_for(lambda: level(server) <= 3, seconds=2)
+    kernel.run("job.cancel()")
+    out = kernel.run("r = await job\nprint(sorted(set(r.status)))")
+    assert "['cancelled', 'ok']" in out
+
+
+def test_awaited_run_df_takes_live_changes_on_ipykernel_7_only(
+    kernel: Kernel, server: FakeLLMServer, version: str
+) -> None:
+    server.configure(latency=0.3)
+    cell = kernel.execute(
+        "r = await kit.run_df(df.head(60), 'prompt', concurrency=2, **opts)", wait=False
+    )
+    wait_for(lambda: kernel.widgets(cell, "IntSliderModel"))
+    (slider,) = kernel.widgets(cell, "IntSliderModel")
+    wait_for(lambda: level(server) == 2)
+    updates = []
+    for value in (6, 4, 8):  # several moves: the 7.4 freeze shows from the second one
+        updates.append(kernel.send_comm(slider["id"], {"value": value}))
+        time.sleep(0.6)
+        seen = level(server)
+        if version == NEW:
+            assert seen == value, f"moved to {value}, server saw {seen}"
+            assert kernel.statuses(updates[-1]) == ["idle"]  # exactly one, from the fix
+        else:
+            assert seen <= 2  # 6.x: changes wait for the cell to end
+    hints = [w["value"] for w in kernel.widgets(cell, "HTMLModel") if "ipykernel" in w["value"]]
+    assert bool(hints) == (version != NEW)
+    kernel.wait(cell, timeout=60)
+    if version != NEW:  # handled after the cell, with the kernel's own busy/idle
+        wait_for(lambda: all(kernel.statuses(u) == ["busy", "idle"] for u in updates))
+
+
+def test_without_the_fix_ipykernel_7_4_sends_no_idle(server: FakeLLMServer) -> None:
+    """The upstream bug the fix works around: no status at all for the comm message."""
+    server.configure(latency=0.3)
+    k = Kernel(sys.executable, env={"NOTEBOOK_KIT_NO_IDLE_FIX": "1"})
+    try:
+        k.run(
+            "import notebook_kit as kit, pandas as pd\n"
+            f"opts = dict(base_url={server.openai_base_url!r}, api_key={KEY!r})"
+        )
+        cell = k.execute(
+            "r = await kit.run_df(pd.DataFrame({'p': ['x'] * 30}), 'p', concurrency=2, **opts)",
+            wait=False,
+        )
+        wait_for(lambda: k.widgets(cell, "IntSliderModel"))
+        (slider,) = k.widgets(cell, "IntSliderModel")
+        update = k.send_comm(slider["id"], {"value": 5})
+        wait_for(lambda: level(server) == 5)  # the change arrives...
+        time.sleep(0.3)
+        assert k.statuses(update) == []  # ...but a browser would now freeze this slider
+        k.wait(cell, timeout=60)
+    finally:
+        k.close()
+
+
+def test_interrupting_await_job_stops_the_waiting_not_the_job(
+    kernel: Kernel, server: FakeLLMServer
+) -> None:
+    server.configure(latency=0.2)
+    kernel.run("job = kit.start(df.head(40), 'prompt', concurrency=4, **opts)")
+    cell = kernel.execute("r = await job", wait=False)
+    time.sleep(0.8)
+    kernel.interrupt()
+    kernel.wait(cell, timeout=20)
+    assert kernel.reply(cell)["ename"] == "CancelledError"
+    wait_for(lambda: level(server) == 4)  # the job still runs
+    out = kernel.run("r = await job\nprint(r.status.value_counts().to_dict())")
+    assert "{'ok': 40}" in out
+
+
+def test_interrupting_an_awaited_run_df_stops_it_and_keeps_rows(
+    kernel: Kernel, server: FakeLLMServer
+) -> None:
+    server.configure(latency=0.3)
+    cell = kernel.execute("r = await kit.run_df(df.head(80), 'prompt', **opts)", wait=False)
+    time.sleep(1.5)
+    kernel.interrupt()
+    kernel.wait(cell, timeout=20)
+    assert kernel.reply(cell)["ename"] == "CancelledError"
+    wait_for(lambda: level(server) == 0, seconds=2)  # in-flight calls were cancelled
+    out = kernel.run("print(kit.last_result().status.value_counts().to_dict())")
+    counts = eval(out)
+    assert counts["ok"] >= 8 and counts["ok"] + counts["cancelled"] == 80
+
+
+def test_a_blocking_cell_does_not_make_a_paid_reply_a_timeout(
+    kernel: Kernel, server: FakeLLMServer
+) -> None:
+    server.configure(latency=0.5)
+    kernel.run("job = kit.start(df.head(8), 'prompt', concurrency=8, timeout=1.0, **opts)")
+    kernel.run("time.sleep(3)")  # the loop is starved while every reply arrives
+    out = kernel.run("r = await job\nprint(r.status.tolist(), r.attempts.tolist())")
+    assert out.strip() == f"{['ok'] * 8} {[1] * 8}"
+    assert server.stats()["requests_total"] == 8  # nothing was paid for twice
+
+
+def test_two_background_jobs_with_their_own_panels(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.configure(latency=0.2)
+    first = kernel.execute("a = kit.start(df.head(30), 'prompt', concurrency=2, **opts)")
+    second = kernel.execute("b = kit.start(df.head(30), 'prompt', concurrency=3, **opts)")
+    (slider_a,) = kernel.widgets(first, "IntSliderModel")
+    (slider_b,) = kernel.widgets(second, "IntSliderModel")
+    assert slider_a["id"] != slider_b["id"]
+    wait_for(lambda: level(server) == 5)
+    kernel.send_comm(slider_b["id"], {"value": 1})
+    wait_for(lambda: level(server) <= 3, seconds=2)
+    out = kernel.run("ra, rb = await a, await b\nprint(len(ra[ra.status == 'ok']), len(rb))")
+    assert out.split() == ["30", "30"]
