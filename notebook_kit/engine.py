@@ -121,7 +121,7 @@ class Engine:
                 break
             task = asyncio.create_task(self._row(item))
             self._rows[task] = _RowState()
-            task.add_done_callback(self._rows.pop)
+            task.add_done_callback(self._row_done)
         for item in items:  # after a stop: record the remaining skips, leave the rest unrun
             if isinstance(item, RowResult):
                 self._finish(item)
@@ -166,9 +166,12 @@ class Engine:
                 request_id=completion.request_id,
                 model=completion.model,
             )
-        if state.holds_slot:  # the row ended before its first attempt took the slot over
-            self.limit.release()
         self._finish(result)
+
+    def _row_done(self, task: asyncio.Task[None]) -> None:
+        state = self._rows.pop(task)
+        if state.holds_slot:  # ended (or was cancelled) before its first attempt took the slot
+            self.limit.release()
 
     async def _with_retries(self, request: Request, state: _RowState) -> Completion:
         """The first attempt runs outside tenacity, whose per-call setup costs more than the

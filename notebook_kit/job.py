@@ -153,6 +153,7 @@ class Job:
         return result
 
     def _finish(self, engine: Engine, started: float) -> pd.DataFrame:
+        engine.stats.cancelled += engine.stats.total - len(engine.results)  # never started
         result = frames.build(self.plan, engine.results, reason=engine.stop_reason)
         result.attrs[frames.META_KEY] = self._metadata(engine, result, started)
         self.result = result

@@ -142,9 +142,10 @@ class Panel(_Callbacks):
         if stats is None:
             return
         elapsed = max(time.monotonic() - self._started, 1e-9)
-        if self.bar.value != stats.done:
-            self.bar.value = stats.done
-            self.bar.description = f"{stats.done}/{stats.total}"
+        finished = stats.done - stats.cancelled
+        if self.bar.value != finished:
+            self.bar.value = finished
+            self.bar.description = f"{finished}/{stats.total}"
         text = status_line(stats, elapsed, state=self._job.state)
         if error is not None:
             reason = html.escape(str(error) or type(error).__name__)
@@ -155,14 +156,15 @@ class Panel(_Callbacks):
 
 def status_line(stats: RunStats, elapsed: float, *, state: str) -> str:
     """done / ok / error / retrying / in flight, rows per second, tokens."""
+    finished = stats.done - stats.cancelled
     parts = [
         f"<b>{state}</b>",
-        f"{stats.done}/{stats.total} done",
+        f"{finished}/{stats.total} done",
         f"ok {stats.ok}",
         f"error {stats.error}",
         f"retrying {stats.retrying}",
         f"in flight {stats.in_flight}",
-        f"{stats.done / elapsed:.1f} rows/s",
+        f"{(stats.ok + stats.error) / elapsed:.1f} rows/s",
         f"{stats.input_tokens + stats.output_tokens:,} tokens",
     ]
     if stats.cancelled:

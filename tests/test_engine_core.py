@@ -90,6 +90,24 @@ async def test_concurrency_can_be_raised_and_lowered_mid_run() -> None:
     assert [v for _, v in engine.report.limit_changes] == [2, 10, 3]
 
 
+async def test_stop_right_after_a_row_task_was_created_frees_its_slot() -> None:
+    """A task cancelled before its first step never runs its body: its slot must still free."""
+    spy = SpyProvider(latency=0.05)
+    config = RunConfig(model="spy", limits=Limits(concurrency=2))
+    engine = Engine(spy, config, total=50, report=RunReport(run_id="t"))
+    requests = [Request(key=i, messages=[{"role": "user", "content": "x"}]) for i in range(50)]
+    run = asyncio.create_task(engine.run(requests))
+    for _ in range(200):  # catch the moment the dispatcher has just made new row tasks
+        await asyncio.sleep(0)
+        if any(not s.in_flight and s.holds_slot for s in engine._rows.values()):
+            engine.stop()
+            break
+    else:
+        engine.stop()
+    await asyncio.wait_for(run, 2)
+    assert engine.limit.in_use == 0
+
+
 async def test_stop_cancels_in_flight_and_keeps_finished_rows() -> None:
     spy = SpyProvider(latency=0.05)
     config = RunConfig(model="spy", limits=Limits(concurrency=4))

@@ -102,7 +102,11 @@ async def test_stop_button_keeps_finished_rows(server: FakeLLMServer) -> None:
     await eventually(lambda: in_flight(server) == 0)
     assert job.state == "stopped"
     assert job.panel.concurrency.disabled and job.panel.stop.disabled
-    assert "stopped" in job.panel.status.value
+    status = job.panel.status.value
+    done = int((result["status"] == "ok").sum())
+    assert (
+        "stopped" in status and f"{done}/60 done" in status and f"cancelled {60 - done}" in status
+    )
 
 
 async def test_cancel_method_and_final_status(server: FakeLLMServer) -> None:
