@@ -78,6 +78,7 @@ async def run_df(
     if progress and in_notebook():
         hint = None if controls_live_while_awaiting() else AWAIT_HINT
         _show_panel(job, hint=hint)
+    history.set_last_job(job)
     return await job.run()
 
 
@@ -142,7 +143,7 @@ def controls() -> DefaultsPanel:
 
 
 def last_job() -> Job | None:
-    """The job `kit.start` started last in this process."""
+    """The job started last in this process (by start, run_df or run_df_sync)."""
     return history.last_job()
 
 
@@ -181,6 +182,7 @@ def run_df_sync(
     job = _job(**options)
     if progress and in_notebook():
         _show_panel(job, hint=BLOCKING_HINT)
+    history.set_last_job(job)
     return run_blocking(job.run(), use_nest_asyncio=nested)
 
 

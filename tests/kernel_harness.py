@@ -92,7 +92,9 @@ class Kernel:
             return
         self.replies[reply["parent_header"].get("msg_id")] = reply
 
-    def execute(self, code: str, *, wait: bool = True, timeout: float = 60) -> str:
+    def execute(
+        self, code: str, *, wait: bool = True, timeout: float = 60, subshell: str | None = None
+    ) -> str:
         msg = self.kc.session.msg(
             "execute_request",
             {
@@ -104,11 +106,20 @@ class Kernel:
                 "stop_on_error": True,
             },
         )
+        if subshell is not None:
+            msg["header"]["subshell_id"] = subshell
         self.kc.shell_channel.send(msg)
         msg_id: str = msg["header"]["msg_id"]
         if wait:
             self.wait(msg_id, timeout)
         return msg_id
+
+    def create_subshell(self) -> str:
+        """A JEP 91 subshell (ipykernel >= 7): its own thread in the kernel."""
+        msg = self.kc.session.msg("create_subshell_request", {})
+        self.kc.control_channel.send(msg)
+        reply = self.kc.control_channel.get_msg(timeout=10)
+        return str(reply["content"]["subshell_id"])
 
     def wait(self, msg_id: str, timeout: float = 60) -> None:
         end = time.monotonic() + timeout
@@ -144,12 +155,14 @@ class Kernel:
         )
         return self.output(msg_id)
 
-    def send_comm(self, comm_id: str, state: dict[str, Any]) -> str:
+    def send_comm(self, comm_id: str, state: dict[str, Any], subshell: str | None = None) -> str:
         """Exactly what ipywidgets' frontend sends when the user changes a widget."""
         msg = self.kc.session.msg(
             "comm_msg",
             {"comm_id": comm_id, "data": {"method": "update", "state": state, "buffer_paths": []}},
         )
+        if subshell is not None:
+            msg["header"]["subshell_id"] = subshell
         self.kc.shell_channel.send(msg)
         msg_id: str = msg["header"]["msg_id"]
         return msg_id

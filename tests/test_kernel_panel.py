@@ -123,6 +123,35 @@ def test_without_the_fix_ipykernel_7_4_sends_no_idle(server: FakeLLMServer) -> N
         k.close()
 
 
+def test_a_callback_on_a_subshell_thread_reaches_a_blocking_run(
+    kernel: Kernel, server: FakeLLMServer, version: str
+) -> None:
+    """JupyterLab >= 4.4 sends comms over subshells: the observer runs on another thread."""
+    if version != NEW:
+        pytest.skip("ipykernel 6 has no subshells")
+    server.configure(latency=0.3)
+    subshell = kernel.create_subshell()
+    cell = kernel.execute(
+        "r = kit.run_df_sync(df.head(80), 'prompt', concurrency=2, **opts)", wait=False
+    )
+    wait_for(lambda: kernel.widgets(cell, "IntSliderModel"))
+    (slider,) = kernel.widgets(cell, "IntSliderModel")
+    wait_for(lambda: level(server) == 2)
+    # ipykernel 7.4 routes a comm to the subshell that last published on it: touch it there
+    kernel.execute(
+        "import threading\n"
+        "s = kit.last_job().panel.concurrency\n"
+        "s.observe(lambda c: print('observer on', threading.current_thread().name), 'value')\n"
+        "s.send_state('max')",
+        subshell=subshell,
+    )
+    update = kernel.send_comm(slider["id"], {"value": 6}, subshell=subshell)
+    wait_for(lambda: level(server) == 6)
+    wait_for(lambda: "observer on subshell" in kernel.output(update))
+    kernel.interrupt()  # ends the blocking cell; its rows so far are kept
+    kernel.wait(cell, timeout=20)
+
+
 def test_interrupting_await_job_stops_the_waiting_not_the_job(
     kernel: Kernel, server: FakeLLMServer
 ) -> None:
