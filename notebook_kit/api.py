@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from difflib import get_close_matches
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,13 @@ import pandas as pd
 
 from . import frame as frames
 from . import history
+from .cache import Cache, shared_cache
 from .config import Limits, RetryPolicy, RunConfig
 from .errors import ConfigError, RunError
 from .job import Job
 from .kernel import controls_live_while_awaiting, display_in_cell, in_notebook
 from .loops import run_blocking
+from .pricing import price_of
 from .providers import DEMO_NOTICE, Provider, resolve
 from .reporting import RunReport
 from .session import defaults
@@ -27,7 +30,8 @@ from .ui import DefaultsPanel, Panel
 
 _OPTIONS = (
     "template system messages_col system_col model_col provider model base_url api_key "
-    "concurrency rpm tpm max_attempts timeout output_col progress limit panel models"
+    "concurrency rpm tpm max_attempts timeout output_col progress limit panel models cache "
+    "budget_usd adaptive"
 ).split()
 _INPUT_OPTIONS = ("prompt", "template", "messages_col", "system", "system_col", "model_col")
 AWAIT_HINT = (
@@ -62,6 +66,9 @@ async def run_df(
     output_col: str = "response",
     progress: bool = True,
     limit: int | None = None,
+    cache: bool | str | Path | Cache | None = None,
+    budget_usd: float | None = None,
+    adaptive: bool | None = None,
     **params: Any,
 ) -> pd.DataFrame:
     """Send one request per row, concurrently; return a copy of the frame with the replies.
@@ -103,6 +110,9 @@ def start(
     output_col: str = "response",
     progress: bool = True,
     limit: int | None = None,
+    cache: bool | str | Path | Cache | None = None,
+    budget_usd: float | None = None,
+    adaptive: bool | None = None,
     panel: bool | None = None,
     models: Sequence[str] = (),
     **params: Any,
@@ -124,7 +134,7 @@ def start(
             "kit.start needs a running event loop, as in a Jupyter cell; "
             "in a script use kit.run_df_sync(...) or await kit.run_df(...)"
         ) from None
-    job = _job(**options)
+    job = _job(**options, pause_at_budget=True)
     if show or (show is None and progress and in_notebook()):
         _show_panel(job, models=choices)
     job.task = loop.create_task(job.run(), name=f"notebook_kit-{job.report.run_id}")
@@ -168,6 +178,9 @@ def run_df_sync(
     output_col: str = "response",
     progress: bool = True,
     limit: int | None = None,
+    cache: bool | str | Path | Cache | None = None,
+    budget_usd: float | None = None,
+    adaptive: bool | None = None,
     use_nest_asyncio: bool = False,
     **params: Any,
 ) -> pd.DataFrame:
@@ -255,7 +268,11 @@ def _job(
     max_attempts: int | None,
     timeout: float | None,
     progress: bool,
+    cache: bool | str | Path | Cache | None,
+    budget_usd: float | None,
+    adaptive: bool | None,
     params: dict[str, Any],
+    pause_at_budget: bool = False,
     **inputs: Any,
 ) -> Job:
     """A job from the call's options, the session defaults filling the gaps (a snapshot)."""
@@ -272,12 +289,41 @@ def _job(
             concurrency=concurrency or defaults.concurrency,
             rpm=rpm or defaults.rpm,
             tpm=tpm or defaults.tpm,
+            adaptive=defaults.adaptive if adaptive is None else adaptive,
         ),
         retry=RetryPolicy(max_attempts=max_attempts or defaults.max_attempts),
         timeout=timeout or defaults.timeout,
         params={**chosen.defaults(), **params},
+        budget_usd=budget_usd if budget_usd is not None else defaults.budget_usd,
+        pause_at_budget=pause_at_budget,
     )
-    return Job(plan, chosen, config, progress=progress)
+    _check_budget(config)
+    return Job(plan, chosen, config, progress=progress, cache=_cache(cache))
+
+
+def _cache(choice: bool | str | Path | Cache | None) -> Cache | None:
+    """cache=None: the session default; True: the default file; a path or a Cache; False."""
+    choice = defaults.cache if choice is None else choice
+    if choice is False:
+        return None
+    if isinstance(choice, Cache):
+        return choice
+    return shared_cache(None if choice is True else Path(choice))
+
+
+def _check_budget(config: RunConfig) -> None:
+    """A budget can only hold if every request's cost has a known ceiling."""
+    if config.budget_usd is None:
+        return
+    if not isinstance(config.params.get("max_tokens"), int):
+        raise ConfigError(
+            "budget_usd needs max_tokens=... so that each request's cost has a ceiling"
+        )
+    if price_of(config.model) is None:
+        raise ConfigError(
+            f"no price is known for model {config.model!r}, so budget_usd cannot be enforced; "
+            "add one with kit.set_price(model, input=..., output=...) (USD per 1M tokens)"
+        )
 
 
 def _show_panel(job: Job, *, hint: str | None = None, models: Sequence[str] = ()) -> None:
@@ -296,6 +342,7 @@ def _retry_job(
     rows: pd.DataFrame, meta: dict[str, Any], *, progress: bool, overrides: dict[str, Any]
 ) -> Job:
     _check_params({k: v for k, v in overrides.items() if k not in _OPTIONS})
+    cache = overrides.pop("cache", None)
     inputs = {k: meta[k] for k in _INPUT_OPTIONS if k in meta}
     inputs |= {k: overrides.pop(k) for k in (*_INPUT_OPTIONS, "output_col") if k in overrides}
     plan = frames.plan(rows, output_col=meta.get("output_col", "response"), **inputs)
@@ -333,7 +380,7 @@ def _retry_job(
         retry=retry,
         params={**base.params, **overrides},
     )
-    return Job(plan, chosen, config, progress=progress)
+    return Job(plan, chosen, config, progress=progress, cache=_cache(cache))
 
 
 def _merged(

@@ -16,6 +16,7 @@ class RetryPolicy:
     backoff_base: float = 1.0  # first backoff window in seconds; doubles per attempt
     backoff_max: float = 30.0  # longest backoff between two attempts
     retry_after_cap: float = 120.0  # a server's Retry-After longer than this is cut to it
+    rate_limit_patience: float = 600.0  # seconds a row may wait out 429s; they use no attempts
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -32,6 +33,7 @@ class Limits:
     rpm: float | None = None  # requests started per minute at most
     tpm: float | None = None  # estimated tokens per minute at most (input + max_tokens)
     headroom: float = 0.97  # pace rpm/tpm at this fraction of the limit, for clock jitter
+    adaptive: bool = True  # halve concurrency on 429s, raise it back as calls succeed
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -53,7 +55,11 @@ class RunConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float = 120.0  # seconds per attempt
     params: dict[str, Any] = field(default_factory=dict)  # passed to the model as is
+    budget_usd: float | None = None  # spend at most this much (needs max_tokens and a price)
+    pause_at_budget: bool = False  # a background job pauses at the budget; a run stops
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
             raise ConfigError(f"timeout must be positive, got {self.timeout}")
+        if self.budget_usd is not None and self.budget_usd < 0:
+            raise ConfigError(f"budget_usd must be >= 0, got {self.budget_usd}")

@@ -1,8 +1,9 @@
-"""Plain asyncio: runs requests through retry -> limits -> provider and records every outcome.
+"""Plain asyncio: runs requests through cache -> retry -> limits -> provider, records outcomes.
 
 The engine knows nothing of pandas, tqdm, widgets or SDKs. Pending rows are not tasks:
 a row becomes a task only once a concurrency slot is free for it, so a million rows
-never make a million coroutines.
+never make a million coroutines. Rows the cache can answer, and rows identical to one
+already running, take no slot and send nothing.
 """
 
 from __future__ import annotations
@@ -10,17 +11,31 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from tenacity import RetryCallState
+
+from .cache import Cache, fingerprint
 from .config import RunConfig
 from .deadline import Deadline
 from .errors import RUN_ERRORS, CallError, RunError
-from .limits import Clock, ConcurrencyLimit, RateMeter, Sleep, StartGate
+from .limits import (
+    AdaptiveConcurrency,
+    Budget,
+    Clock,
+    ConcurrencyLimit,
+    RateMeter,
+    Sleep,
+    StartGate,
+)
+from .pricing import cost_of, price_of
 from .providers.base import Provider, Session
 from .reporting import RunReport, RunStats
 from .retry import retrying
 from .types import Completion, ErrorType, Request, RowResult, RowStatus
+
+BUDGET_INPUT_MARGIN = 1.25  # budget reservations assume 25 % more input tokens than estimated
 
 log = logging.getLogger("notebook_kit")
 
@@ -35,6 +50,8 @@ class _RowState:
     holds_slot: bool = True  # the dispatcher acquired the first attempt's slot
     in_flight: bool = False
     latency: float | None = None  # seconds the last request took
+    rate_limited: int = 0  # attempts answered with a 429 (they do not use up max_attempts)
+    rate_limit_wait: float = 0.0  # seconds this row was told to wait by 429s
 
 
 class Engine:
@@ -47,6 +64,7 @@ class Engine:
         *,
         total: int,
         report: RunReport,
+        cache: Cache | None = None,
         clock: Clock | None = None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -61,7 +79,17 @@ class Engine:
         self._clock = clock or asyncio.get_running_loop().time
         self._t0 = self._clock()
         self.limit = ConcurrencyLimit(config.limits.concurrency)
+        self.adaptive = AdaptiveConcurrency(
+            self.limit,
+            enabled=config.limits.adaptive,
+            clock=self._clock,
+            on_change=self._limit_changed,
+        )
         self.gate = StartGate(clock=self._clock, sleep=sleep)
+        self.budget = Budget(config.budget_usd) if config.budget_usd is not None else None
+        self.cache = cache
+        self._leaders: dict[str, list[int]] = {}  # fingerprint -> rows waiting for its reply
+        self._base_url = provider.describe().get("base_url")
         limits = config.limits
         self._rpm = (
             RateMeter(limits.rpm * limits.headroom, clock=self._clock, sleep=sleep)
@@ -81,7 +109,19 @@ class Engine:
     # -- control (call from the run's loop) ---------------------------------------------
 
     def set_concurrency(self, value: int) -> None:
-        self.limit.total = value
+        """The user's limit; the adaptive limit works below it."""
+        self.adaptive.set_target(value)
+
+    def set_budget(self, usd: float) -> None:
+        """A new spending cap; a job paused at the old one goes on."""
+        if self.budget is None:
+            self.budget = Budget(usd)
+        self.budget.raise_to(usd)
+        if self.stats.budget_reached:
+            self.stats.budget_reached = False
+            self.gate.resume()
+
+    def _limit_changed(self, value: int) -> None:
         self.report.limit_changes.append((self._clock() - self._t0, value))
 
     def stop(self, reason: str = "stopped by the user") -> None:
@@ -107,6 +147,9 @@ class Engine:
                 raise
             finally:
                 self.report.wall_s = self._clock() - self._t0
+                if self.cache is not None:
+                    self.cache.release()
+                    await asyncio.to_thread(self.cache.flush)  # durable before we return
         if self.run_error is not None:
             raise self.run_error
 
@@ -115,25 +158,66 @@ class Engine:
             if isinstance(item, RowResult):
                 self._finish(item)
                 continue
+            if self._stopping.is_set():
+                break
+            print_ = self._fingerprint(item)
+            if self._served_without_a_call(item, print_):
+                continue
             await self.limit.acquire()
             if self._stopping.is_set():
                 self.limit.release()
+                self._leaders.pop(print_, None)
                 break
-            task = asyncio.create_task(self._row(item))
+            task = asyncio.create_task(self._row(item, print_))
             self._rows[task] = _RowState()
             task.add_done_callback(self._row_done)
         for item in items:  # after a stop: record the remaining skips, leave the rest unrun
             if isinstance(item, RowResult):
                 self._finish(item)
 
+    def _fingerprint(self, request: Request) -> str:
+        model = request.model or self.model
+        return fingerprint(
+            self.provider.name, self._base_url, model, request.messages, request.params
+        )
+
+    def _served_without_a_call(self, request: Request, print_: str) -> bool:
+        """Answer from the cache, or wait for an identical row already sent; else lead."""
+        followers = self._leaders.get(print_)
+        if followers is not None:
+            followers.append(request.key)
+            return True
+        hit = self.cache.get(print_) if self.cache is not None else None
+        if hit is not None:
+            self._finish(self._reuse(request.key, hit))
+            return True
+        self._leaders[print_] = []
+        return False
+
+    def _reuse(self, key: int, completion: Completion) -> RowResult:
+        return RowResult(
+            key=key,
+            status=RowStatus.OK,
+            text=completion.text,
+            attempts=0,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            cost_usd=0.0,
+            finish_reason=completion.finish_reason,
+            request_id=completion.request_id,
+            model=completion.model,
+            cached=True,
+        )
+
     async def _drain(self) -> None:
         while self._rows:
             await asyncio.wait(list(self._rows))
 
-    async def _row(self, request: Request) -> None:
+    async def _row(self, request: Request, print_: str) -> None:
         task = asyncio.current_task()
         assert task is not None
         state = self._rows[task]
+        completion: Completion | None = None
         try:
             completion = await self._with_retries(request, state)
         except CallError as exc:
@@ -162,11 +246,31 @@ class Engine:
                 latency_s=state.latency,
                 input_tokens=completion.input_tokens,
                 output_tokens=completion.output_tokens,
+                cost_usd=cost_of(
+                    completion.model or request.model or self.model,
+                    completion.input_tokens,
+                    completion.output_tokens,
+                ),
                 finish_reason=completion.finish_reason,
                 request_id=completion.request_id,
                 model=completion.model,
             )
+            if self.cache is not None:
+                self.cache.put(print_, self.provider.name, request.model or self.model, completion)
         self._finish(result)
+        for key in self._leaders.pop(print_, []):
+            self._finish(self._follow(key, request.key, result, completion))
+
+    def _follow(
+        self, key: int, leader: int, result: RowResult, completion: Completion | None
+    ) -> RowResult:
+        """The outcome of a row that waited for an identical row's call."""
+        if completion is not None:
+            return self._reuse(key, completion)
+        if result.status is RowStatus.CANCELLED:
+            return dataclasses.replace(result, key=key, attempts=0)
+        error = f"same request as row {leader}, which failed: {result.error}"
+        return dataclasses.replace(result, key=key, attempts=0, error=error, latency_s=None)
 
     def _row_done(self, task: asyncio.Task[None]) -> None:
         state = self._rows.pop(task)
@@ -193,8 +297,21 @@ class Engine:
                 raise first
             return await self._attempt(request, state)
 
-        completion: Completion = await self._retry.copy()(attempt)
+        completion: Completion = await self._retry.copy(stop=self._stop_rule(state))(attempt)
         return completion
+
+    def _stop_rule(self, state: _RowState) -> Callable[[RetryCallState], bool]:
+        """429s wait within `rate_limit_patience` and use up no attempts; others count."""
+        policy = self.config.retry
+
+        def stop(retry_state: RetryCallState) -> bool:
+            outcome = retry_state.outcome
+            exc = outcome.exception() if outcome is not None else None
+            if isinstance(exc, CallError) and exc.error_type is ErrorType.RATE_LIMIT:
+                return state.rate_limit_wait >= policy.rate_limit_patience
+            return retry_state.attempt_number - state.rate_limited >= policy.max_attempts
+
+        return stop
 
     async def _attempt(self, request: Request, state: _RowState) -> Completion:
         if state.holds_slot:
@@ -208,33 +325,80 @@ class Engine:
                 await self._rpm.acquire()
             if self._tpm is not None:
                 await self._tpm.acquire(estimate)
-            if self._stopping.is_set():
-                raise _Stopped
             if request.model is None:
                 request = dataclasses.replace(request, model=self.model)
-            completion = await self._send(request, state)
+            reserved = await self._reserve(request)
+            if self._stopping.is_set():
+                self._settle(reserved, 0.0)
+                raise _Stopped
+            completion = await self._send(request, state, reserved)
             if self._tpm is not None:
                 used = (completion.input_tokens or 0) + (completion.output_tokens or 0)
                 self._tpm.settle(used - estimate if used else 0)
+            self._pace(completion)
             return completion
         finally:
             self.limit.release()
 
-    async def _send(self, request: Request, state: _RowState) -> Completion:
+    async def _reserve(self, request: Request) -> float:
+        """Hold the request's worst-case cost against the budget; wait or stop at the cap."""
+        if self.budget is None:
+            return 0.0
+        price = price_of(request.model) or price_of(self.config.model)
+        max_tokens = int(request.params.get("max_tokens") or 0)
+        estimate = request.estimated_tokens() * BUDGET_INPUT_MARGIN
+        amount = price.cost(estimate, max_tokens) if price else 0.0
+        while not await self.budget.reserve(amount):
+            self.stats.budget_reached = True
+            spent = f"${self.budget.spent:.4f} of budget_usd={self.budget.usd:g} spent"
+            if not self.config.pause_at_budget:
+                self._begin_stop(f"not run: the budget is reached ({spent})")
+                raise _Stopped
+            self.gate.pause()  # job.set_budget(...) raises the cap and resumes
+            await self.gate.wait()
+            if self._stopping.is_set():
+                raise _Stopped
+        return amount
+
+    def _settle(self, reserved: float, billed: float) -> None:
+        if self.budget is not None:
+            self.budget.settle(reserved, billed)
+
+    def _pace(self, completion: Completion) -> None:
+        """Wait for the quota to refill when the server says it is used up."""
+        rate, cap = completion.rate, self.config.retry.retry_after_cap
+        if rate is None:
+            return
+        if rate.remaining_requests == 0 and rate.requests_reset_s:
+            self.gate.cool_down(min(rate.requests_reset_s, cap))
+        if rate.remaining_tokens == 0 and rate.tokens_reset_s:
+            self.gate.cool_down(min(rate.tokens_reset_s, cap))
+
+    async def _send(self, request: Request, state: _RowState, reserved: float) -> Completion:
         state.attempts += 1
         state.in_flight = True
         self.stats.in_flight += 1
         self.stats.requests += 1
         start = self._clock()
         outcome = "ok"
+        billed = reserved  # a request that ends without a reply may still be billed
         try:
-            return await self._complete(request)
+            completion = await self._complete(request)
+            self.adaptive.succeeded()
+            cost = cost_of(request.model, completion.input_tokens, completion.output_tokens)
+            billed = reserved if cost is None else cost
+            return completion
         except CallError as exc:
             outcome = exc.error_type.value
+            if exc.status is not None:
+                billed = 0.0  # an error reply is not billed
             if exc.error_type is ErrorType.RATE_LIMIT:
                 policy = self.config.retry
                 pause = min(exc.retry_after or policy.backoff_base, policy.retry_after_cap)
                 self.gate.cool_down(pause)
+                self.adaptive.rate_limited(exc.retry_after)
+                state.rate_limited += 1
+                state.rate_limit_wait += pause
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("row %d attempt %d: %s", request.key, state.attempts, exc)
             raise
@@ -246,6 +410,7 @@ class Engine:
             state.in_flight = False
             state.latency = round(end - start, 4)
             self.stats.in_flight -= 1
+            self._settle(reserved, billed)
             self.report.record(
                 request.key, state.attempts, start - self._t0, end - self._t0, outcome
             )

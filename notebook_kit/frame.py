@@ -33,15 +33,19 @@ STATUS_COLUMNS = (
     "latency_s",
     "input_tokens",
     "output_tokens",
+    "cost_usd",
     "finish_reason",
     "request_id",
     "model",
+    "cached",
 )
 _DTYPES = {
     "attempts": "Int64",
     "latency_s": "Float64",
     "input_tokens": "Int64",
     "output_tokens": "Int64",
+    "cost_usd": "Float64",
+    "cached": "boolean",
 }
 META_KEY = "notebook_kit"
 
@@ -232,6 +236,7 @@ def result_columns(
         values["error"] = [reason or "not run"] * n
         values["error_type"] = [ErrorType.CANCELLED.value] * n
         values["attempts"] = [0] * n
+        values["cached"] = [False] * n
     for key, result in results.items():
         for name in names:
             value = getattr(result, name)

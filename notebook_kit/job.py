@@ -16,9 +16,11 @@ import pandas as pd
 
 from . import frame as frames
 from . import history
+from .cache import Cache
 from .config import RunConfig
 from .engine import Engine
 from .errors import RunError
+from .pricing import prices_as_of
 from .progress import ProgressBar
 from .providers.base import Provider
 from .reporting import RunReport, RunStats
@@ -39,9 +41,16 @@ class Job:
     """
 
     def __init__(
-        self, plan: frames.Plan, provider: Provider, config: RunConfig, *, progress: bool
+        self,
+        plan: frames.Plan,
+        provider: Provider,
+        config: RunConfig,
+        *,
+        progress: bool,
+        cache: Cache | None = None,
     ) -> None:
         self.plan = plan
+        self.cache = cache
         self.provider = provider
         self.config = config
         self.progress = progress
@@ -111,6 +120,11 @@ class Job:
         self._paused = False
         self._control(lambda engine: engine.gate.resume())
 
+    def set_budget(self, usd: float) -> None:
+        """A new spending cap in USD; a job paused at the old cap goes on."""
+        usd = float(usd)
+        self._control(lambda engine: engine.set_budget(usd))
+
     def cancel(self) -> None:
         """Stop: cancel requests in flight; the final frame keeps every finished row."""
         self._control(lambda engine: engine.stop())
@@ -131,7 +145,13 @@ class Job:
     async def run(self) -> pd.DataFrame:
         started = time.time()
         self._loop = asyncio.get_running_loop()
-        engine = Engine(self.provider, self.config, total=len(self.plan.frame), report=self.report)
+        engine = Engine(
+            self.provider,
+            self.config,
+            total=len(self.plan.frame),
+            report=self.report,
+            cache=self.cache,
+        )
         self.engine = engine
         while self._pending:
             self._pending.popleft()(engine)
@@ -181,6 +201,12 @@ class Job:
             "requests": stats.requests,
             "input_tokens": stats.input_tokens,
             "output_tokens": stats.output_tokens,
+            "cost_usd": round(stats.cost_usd, 6),
+            "cached_rows": stats.cached,
+            "budget_usd": self.config.budget_usd,
+            "adaptive": limits.adaptive,
+            "cache": str(self.cache.path) if self.cache else None,
+            "prices_as_of": prices_as_of(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "wall_s": round(time.time() - started, 3),
             "stopped": engine.stop_reason,

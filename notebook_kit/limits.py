@@ -129,3 +129,91 @@ class RateMeter:
     def settle(self, extra_cost: float) -> None:
         """Charge (or refund, if negative) the difference between real and estimated cost."""
         self._next_start += extra_cost / self._rate
+
+
+class AdaptiveConcurrency:
+    """Lowers a limit on 429s and raises it back as calls succeed (AIMD), never above target.
+
+    Multiplicative decrease: a 429 halves the limit, at most once per `calm` seconds (a burst
+    of 429s from one overload counts once). Additive increase: +1 after a limit's worth of
+    successes in a row. The user's setting (`target`, e.g. the panel's slider) is the ceiling.
+    """
+
+    def __init__(
+        self,
+        limit: ConcurrencyLimit,
+        *,
+        enabled: bool,
+        clock: Clock,
+        on_change: Callable[[int], None],
+        calm: float = 1.0,
+    ) -> None:
+        self._limit = limit
+        self.target = limit.total
+        self._enabled = enabled
+        self._clock = clock
+        self._on_change = on_change
+        self._calm = calm
+        self._calm_until = 0.0
+        self._successes = 0
+
+    def set_target(self, value: int) -> None:
+        """A new ceiling from the user; the limit goes straight to it."""
+        self.target = value
+        self._set(value)
+
+    def rate_limited(self, retry_after: float | None) -> None:
+        now = self._clock()
+        if not self._enabled or now < self._calm_until:
+            return
+        self._calm_until = now + max(self._calm, retry_after or 0.0)
+        self._successes = 0
+        self._set(max(1, self._limit.total // 2))
+
+    def succeeded(self) -> None:
+        if not self._enabled or self._limit.total >= self.target:
+            return
+        self._successes += 1
+        if self._successes >= self._limit.total:
+            self._successes = 0
+            self._set(self._limit.total + 1)
+
+    def _set(self, value: int) -> None:
+        if value != self._limit.total:
+            self._limit.total = value
+            self._on_change(value)
+
+
+class Budget:
+    """Spending cap: reserves each request's worst-case cost while it is in flight.
+
+    A request starts only if what was billed, plus the reservations of the requests in
+    flight, plus its own reservation fit in `usd`. So the billed total cannot pass `usd`,
+    as long as each reservation covers its request's real cost.
+    """
+
+    def __init__(self, usd: float) -> None:
+        self.usd = usd
+        self.spent = 0.0
+        self.reserved = 0.0
+        self._changed = asyncio.Event()
+
+    async def reserve(self, amount: float) -> bool:
+        """Wait until `amount` fits; False when it cannot (nothing in flight to free room)."""
+        while self.spent + self.reserved + amount > self.usd:
+            if self.reserved <= 0:
+                return False
+            self._changed.clear()
+            await self._changed.wait()
+        self.reserved += amount
+        return True
+
+    def settle(self, reserved: float, billed: float) -> None:
+        """Replace a reservation by what the request really cost."""
+        self.reserved = max(0.0, self.reserved - reserved)
+        self.spent += billed
+        self._changed.set()
+
+    def raise_to(self, usd: float) -> None:
+        self.usd = usd
+        self._changed.set()

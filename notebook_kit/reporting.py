@@ -23,8 +23,11 @@ class RunStats:
     in_flight: int = 0  # HTTP requests sent and not yet answered
     retrying: int = 0  # rows waiting out a backoff before their next attempt
     requests: int = 0  # requests sent, retries and 429s included
-    input_tokens: int = 0
+    input_tokens: int = 0  # billed in this run (rows served from the cache not included)
     output_tokens: int = 0
+    cost_usd: float = 0.0  # billed in this run, where the price is known
+    cached: int = 0  # rows served by the cache or by another row's identical call
+    budget_reached: bool = False
 
     @property
     def done(self) -> int:
@@ -39,8 +42,12 @@ class RunStats:
             self.cancelled += 1
         elif result.status is RowStatus.SKIPPED:
             self.skipped += 1
+        if result.cached:
+            self.cached += 1
+            return
         self.input_tokens += result.input_tokens or 0
         self.output_tokens += result.output_tokens or 0
+        self.cost_usd += result.cost_usd or 0.0
 
 
 @dataclass

@@ -25,6 +25,9 @@ class SessionDefaults:
     tpm: float | None = None
     max_attempts: int = 5
     timeout: float = 120.0
+    cache: bool | str = True  # True: the default cache file; False: off; or a file path
+    budget_usd: float | None = None
+    adaptive: bool = True
 
 
 defaults = SessionDefaults()

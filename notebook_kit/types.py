@@ -55,6 +55,16 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RateInfo:
+    """What a reply's rate-limit headers said about the quota left (None: not sent)."""
+
+    remaining_requests: int | None = None
+    requests_reset_s: float | None = None  # seconds until the request quota refills
+    remaining_tokens: int | None = None
+    tokens_reset_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Completion:
     """What a provider returned for one successful request."""
 
@@ -64,6 +74,7 @@ class Completion:
     output_tokens: int | None = None
     finish_reason: str | None = None
     request_id: str | None = None
+    rate: RateInfo | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -79,6 +90,8 @@ class RowResult:
     latency_s: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cost_usd: float | None = None  # what this run paid for the row (0 when served from cache)
     finish_reason: str | None = None
     request_id: str | None = None
     model: str | None = None
+    cached: bool = False  # served by the cache or by another row's identical call

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from fake_llm_server import FakeLLMServer
@@ -21,10 +22,12 @@ async def eventually(condition: Callable[[], bool]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def no_real_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test may reach a real provider: keys and base URLs from the machine are removed."""
+def no_real_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reaches a real provider (the machine's keys and base URLs are removed), and
+    each test has its own empty cache file."""
     for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NOTEBOOK_KIT_CACHE", str(tmp_path / "cache.sqlite"))
 
 
 @pytest.fixture

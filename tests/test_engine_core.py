@@ -75,7 +75,7 @@ async def test_concurrency_can_be_raised_and_lowered_mid_run() -> None:
     spy = SpyProvider(latency=0.02)
     config = RunConfig(model="spy", limits=Limits(concurrency=2))
     engine = Engine(spy, config, total=300, report=RunReport(run_id="t"))
-    requests = [Request(key=i, messages=[{"role": "user", "content": "x"}]) for i in range(300)]
+    requests = [Request(key=i, messages=[{"role": "user", "content": f"x{i}"}]) for i in range(300)]
     run = asyncio.create_task(engine.run(requests))
     await asyncio.sleep(0.1)
     assert spy.peak_in_flight == 2
@@ -95,7 +95,7 @@ async def test_stop_right_after_a_row_task_was_created_frees_its_slot() -> None:
     spy = SpyProvider(latency=0.05)
     config = RunConfig(model="spy", limits=Limits(concurrency=2))
     engine = Engine(spy, config, total=50, report=RunReport(run_id="t"))
-    requests = [Request(key=i, messages=[{"role": "user", "content": "x"}]) for i in range(50)]
+    requests = [Request(key=i, messages=[{"role": "user", "content": f"x{i}"}]) for i in range(50)]
     run = asyncio.create_task(engine.run(requests))
     for _ in range(200):  # catch the moment the dispatcher has just made new row tasks
         await asyncio.sleep(0)
@@ -112,7 +112,7 @@ async def test_stop_cancels_in_flight_and_keeps_finished_rows() -> None:
     spy = SpyProvider(latency=0.05)
     config = RunConfig(model="spy", limits=Limits(concurrency=4))
     engine = Engine(spy, config, total=100, report=RunReport(run_id="t"))
-    requests = [Request(key=i, messages=[{"role": "user", "content": "x"}]) for i in range(100)]
+    requests = [Request(key=i, messages=[{"role": "user", "content": f"x{i}"}]) for i in range(100)]
     run = asyncio.create_task(engine.run(requests))
     await asyncio.sleep(0.18)
     engine.stop()

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import MissingKeyError
 from ..secrets import MASK, Redactor, check_base_url, safe_url
 from ..types import Completion, Request
-from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession
+from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, rate_info
 
 ENV_KEY = "ANTHROPIC_API_KEY"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this is used when none is given
@@ -95,6 +95,7 @@ class _AnthropicSession(SDKSession):
             output_tokens=reply.usage.output_tokens,
             finish_reason=FINISH_REASONS.get(reply.stop_reason or "", reply.stop_reason),
             request_id=raw.headers.get("request-id"),
+            rate=rate_info(raw.headers),
         )
 
 

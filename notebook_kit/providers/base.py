@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
 from ..errors import CallError
 from ..secrets import Redactor
-from ..types import Completion, ErrorType, Request
+from ..types import Completion, ErrorType, RateInfo, Request
 
 SDK_TIMEOUT_SLACK = 30.0  # the SDK's own timeout is only a backstop behind the kit's deadline
 
@@ -77,6 +79,50 @@ def retry_after(headers: Mapping[str, str] | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(value: str | None) -> float | None:
+    """OpenAI's reset durations ("1s", "6m0s", "120ms") or Anthropic's RFC 3339 times."""
+    if not value:
+        return None
+    parts = _DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value.strip():
+        return sum(float(n) * _SECONDS[u] for n, u in parts)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def rate_info(headers: Mapping[str, str] | None) -> RateInfo | None:
+    """The quota left, from OpenAI's x-ratelimit-* or Anthropic's anthropic-ratelimit-*."""
+    if not headers:
+        return None
+    for requests, tokens in (
+        ("x-ratelimit-{}-requests", "x-ratelimit-{}-tokens"),
+        ("anthropic-ratelimit-requests-{}", "anthropic-ratelimit-tokens-{}"),
+    ):
+        info = RateInfo(
+            remaining_requests=_int(headers.get(requests.format("remaining"))),
+            requests_reset_s=_duration(headers.get(requests.format("reset"))),
+            remaining_tokens=_int(headers.get(tokens.format("remaining"))),
+            tokens_reset_s=_duration(headers.get(tokens.format("reset"))),
+        )
+        if info.remaining_requests is not None or info.remaining_tokens is not None:
+            return info
+    return None
 
 
 QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from typing import Any
 from ..errors import CallError, MissingKeyError
 from ..secrets import MASK, Redactor, check_base_url, safe_url
 from ..types import Completion, ErrorType, Request
-from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession
+from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, rate_info
 
 ENV_KEY = "OPENAI_API_KEY"
 LOCAL_KEY = "not-needed"  # OpenAI-compatible local servers take any key
@@ -71,7 +72,8 @@ class _OpenAISession(SDKSession):
         raw = await self._client.chat.completions.with_raw_response.create(
             model=request.model, messages=request.messages, **request.params
         )
-        return _completion(raw.parse(), raw.headers.get("x-request-id"), request.model)
+        completion = _completion(raw.parse(), raw.headers.get("x-request-id"), request.model)
+        return dataclasses.replace(completion, rate=rate_info(raw.headers))
 
 
 def _completion(reply: Any, request_id: str | None, model: str | None) -> Completion:
