@@ -86,7 +86,7 @@ async def test_sdk_retries_are_off_and_kit_retries_count(server: FakeLLMServer) 
 async def test_retry_after_is_waited_and_pauses_every_start(server: FakeLLMServer) -> None:
     server.configure(latency=0.2)
     df = pd.DataFrame(
-        {"prompt": ["[[429 retry_after=1.0 times=1]] first"] + prompts(7)["prompt"].tolist()}
+        {"prompt": ["[[429 retry_after=1.0 times=1]] first", *prompts(7)["prompt"].tolist()]}
     )
     result = await run_openai(server, df, concurrency=4)
     assert (result["status"] == "ok").all()

@@ -109,7 +109,8 @@ def test_without_the_fix_ipykernel_7_4_sends_no_idle(server: FakeLLMServer) -> N
             f"opts = dict(base_url={server.openai_base_url!r}, api_key={KEY!r})"
         )
         cell = k.execute(
-            "r = await kit.run_df(pd.DataFrame({'p': [f'x{i}' for i in range(30)]}), 'p', concurrency=2, **opts)",
+            "frame = pd.DataFrame({'p': [f'x{i}' for i in range(30)]})\n"
+            "r = await kit.run_df(frame, 'p', concurrency=2, **opts)",
             wait=False,
         )
         wait_for(lambda: k.widgets(cell, "IntSliderModel"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any
 from contextlib import redirect_stderr
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import pandas as pd
 import pytest
