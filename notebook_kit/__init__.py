@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .api import (
+        cache_info,
+        clear_cache,
         controls,
+        estimate,
         last_job,
         last_report,
         last_result,
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
         run_df_sync,
         start,
     )
+    from .cache import Cache
     from .config import Limits, RetryPolicy, RunConfig
     from .errors import (
         AuthError,
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
         RunError,
     )
     from .job import Job
+    from .pricing import set_price
     from .providers import AnthropicProvider, DemoProvider, OpenAIProvider, Provider
     from .reporting import RunReport
     from .session import SessionDefaults, defaults
@@ -63,7 +68,12 @@ _HOMES = {
     "RunError": "errors",
     "RunReport": "reporting",
     "SessionDefaults": "session",
+    "Cache": "cache",
+    "cache_info": "api",
+    "clear_cache": "api",
     "controls": "api",
+    "estimate": "api",
+    "set_price": "pricing",
     "defaults": "session",
     "Job": "job",
     "last_job": "api",

@@ -21,6 +21,7 @@ from .errors import ConfigError, RunError
 from .job import Job
 from .kernel import controls_live_while_awaiting, display_in_cell, in_notebook
 from .loops import run_blocking
+from .preflight import estimate_run
 from .pricing import price_of
 from .providers import DEMO_NOTICE, Provider, resolve
 from .reporting import RunReport
@@ -233,6 +234,81 @@ async def retry_failed(
             exc.partial = merged
         raise
     return _merged(result, positions, job, meta, rerun)
+
+
+def estimate(
+    data: pd.DataFrame | pd.Series,
+    prompt: str | None = None,
+    *,
+    template: str | None = None,
+    system: str | None = None,
+    messages_col: str | None = None,
+    system_col: str | None = None,
+    model_col: str | None = None,
+    provider: str | Provider | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    concurrency: int | None = None,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    limit: int | None = None,
+    cache: bool | str | Path | Cache | None = None,
+    latency: float = 1.0,
+    output_tokens: int | None = None,
+    **params: Any,
+) -> pd.DataFrame:
+    """Tokens, a cost range and the expected wall time of a run, without calling anyone.
+
+    `latency` is the assumed seconds per request; `output_tokens` the expected reply length
+    (default: half of max_tokens, or 150). Rows the cache already holds cost nothing.
+    """
+    _check_params(params)
+    plan = frames.plan(
+        data,
+        prompt,
+        template=template,
+        messages_col=messages_col,
+        system=system,
+        system_col=system_col,
+        model_col=model_col,
+        limit=limit,
+    )
+    if provider is None and base_url is None and api_key is None:
+        provider = defaults.provider
+    chosen, _ = resolve(provider, base_url=base_url, api_key=api_key)
+    limits = Limits(
+        concurrency=concurrency or defaults.concurrency,
+        rpm=rpm or defaults.rpm,
+        tpm=tpm or defaults.tpm,
+    )
+    return estimate_run(
+        plan,
+        chosen,
+        model=model or defaults.model or chosen.default_model,
+        params={**chosen.defaults(), **params},
+        limits=limits,
+        latency=latency,
+        output_tokens=output_tokens,
+        cache=_cache(cache),
+    )
+
+
+def cache_info(cache: bool | str | Path | Cache | None = None) -> dict[str, Any]:
+    """Where the cache file is, how many replies it holds, its size."""
+    chosen = _cache(True if cache is None else cache)
+    if chosen is None:
+        raise ConfigError("the cache is off (cache=False)")
+    return chosen.info()
+
+
+def clear_cache(
+    *, model: str | None = None, provider: str | None = None, cache: str | Path | None = None
+) -> int:
+    """Forget cached replies: all, or one model's or provider's. Returns how many."""
+    chosen = _cache(True if cache is None else cache)
+    assert chosen is not None
+    return chosen.clear(model=model, provider=provider)
 
 
 def last_result() -> pd.DataFrame | None:

@@ -25,6 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--model", default=None)
     demo.add_argument("--latency", type=float, default=1.0, help="demo model's median latency")
     demo.add_argument("--out", default="reviews.result.csv", help="where to write the result")
+    demo.add_argument(
+        "--cache", action="store_true", help="use the reply cache (off: the timing is honest)"
+    )
     args = parser.parse_args(argv)
     return _demo(args)
 
@@ -47,6 +50,7 @@ def _demo(args: argparse.Namespace) -> int:
             model=args.model,
             concurrency=args.concurrency,
             limit=args.rows,
+            cache=args.cache,
         )
     except NotebookKitError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -57,6 +61,10 @@ def _demo(args: argparse.Namespace) -> int:
     busy = float(result["latency_s"].sum(skipna=True))
     print(f"\n{len(result)} rows with {meta['provider']}:{meta['model']} in {wall:.1f} s")
     print(f"status: {meta['counts']}  requests sent: {meta['requests']}")
+    print(
+        f"tokens: {meta['input_tokens']:,} in, {meta['output_tokens']:,} out; "
+        f"cost ${meta['cost_usd']:.4f} (prices of {meta['prices_as_of']})"
+    )
     if busy and wall:
         print(f"one at a time this would take about {busy:.1f} s ({busy / wall:.1f}x longer)")
     print(result[["response", "status", "attempts", "latency_s"]].head(5).to_string())

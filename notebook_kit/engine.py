@@ -52,6 +52,7 @@ class _RowState:
     latency: float | None = None  # seconds the last request took
     rate_limited: int = 0  # attempts answered with a 429 (they do not use up max_attempts)
     rate_limit_wait: float = 0.0  # seconds this row was told to wait by 429s
+    sent_as: int = 0  # the run's request count when this row's last request was sent
 
 
 class Engine:
@@ -335,15 +336,17 @@ class Engine:
             if self._tpm is not None:
                 used = (completion.input_tokens or 0) + (completion.output_tokens or 0)
                 self._tpm.settle(used - estimate if used else 0)
-            self._pace(completion)
+            self._pace(completion, state.sent_as, estimate)
             return completion
         finally:
             self.limit.release()
 
-    async def _reserve(self, request: Request) -> float:
-        """Hold the request's worst-case cost against the budget; wait or stop at the cap."""
+    async def _reserve(self, request: Request) -> float | None:
+        """Hold the request's worst-case cost against the budget; wait or stop at the cap.
+
+        None when there is no budget (nothing to settle afterwards)."""
         if self.budget is None:
-            return 0.0
+            return None
         price = price_of(request.model) or price_of(self.config.model)
         max_tokens = int(request.params.get("max_tokens") or 0)
         estimate = request.estimated_tokens() * BUDGET_INPUT_MARGIN
@@ -360,33 +363,40 @@ class Engine:
                 raise _Stopped
         return amount
 
-    def _settle(self, reserved: float, billed: float) -> None:
-        if self.budget is not None:
-            self.budget.settle(reserved, billed)
+    def _settle(self, reserved: float | None, billed: float | None) -> None:
+        if self.budget is not None and reserved is not None:
+            self.budget.settle(reserved, reserved if billed is None else billed)
 
-    def _pace(self, completion: Completion) -> None:
-        """Wait for the quota to refill when the server says it is used up."""
+    def _pace(self, completion: Completion, sent_as: int, estimate: int) -> None:
+        """Start nothing more until the reset when the server's quota is used up.
+
+        The quota a reply reports was counted when it was answered; requests started after
+        this one may not have reached the server yet, so they are counted against it too.
+        """
         rate, cap = completion.rate, self.config.retry.retry_after_cap
         if rate is None:
             return
-        if rate.remaining_requests == 0 and rate.requests_reset_s:
-            self.gate.cool_down(min(rate.requests_reset_s, cap))
-        if rate.remaining_tokens == 0 and rate.tokens_reset_s:
-            self.gate.cool_down(min(rate.tokens_reset_s, cap))
+        started_since = self.stats.requests - sent_as
+        requests_left = rate.remaining_requests
+        if requests_left is not None and requests_left - started_since <= 0:
+            self.gate.cool_down(min(rate.requests_reset_s or 1.0, cap))
+        tokens_left = rate.remaining_tokens
+        if tokens_left is not None and tokens_left - started_since * estimate <= 0:
+            self.gate.cool_down(min(rate.tokens_reset_s or 1.0, cap))
 
-    async def _send(self, request: Request, state: _RowState, reserved: float) -> Completion:
+    async def _send(self, request: Request, state: _RowState, reserved: float | None) -> Completion:
         state.attempts += 1
+        state.sent_as = self.stats.requests + 1  # this request's place in the run's sequence
         state.in_flight = True
         self.stats.in_flight += 1
         self.stats.requests += 1
         start = self._clock()
         outcome = "ok"
-        billed = reserved  # a request that ends without a reply may still be billed
+        billed: float | None = None  # unknown: a request without a reply may still be billed
         try:
             completion = await self._complete(request)
             self.adaptive.succeeded()
-            cost = cost_of(request.model, completion.input_tokens, completion.output_tokens)
-            billed = reserved if cost is None else cost
+            billed = cost_of(request.model, completion.input_tokens, completion.output_tokens)
             return completion
         except CallError as exc:
             outcome = exc.error_type.value

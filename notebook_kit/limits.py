@@ -196,21 +196,24 @@ class Budget:
         self.usd = usd
         self.spent = 0.0
         self.reserved = 0.0
+        self._holders = 0  # reservations outstanding (counted: float sums never reach 0.0)
         self._changed = asyncio.Event()
 
     async def reserve(self, amount: float) -> bool:
         """Wait until `amount` fits; False when it cannot (nothing in flight to free room)."""
         while self.spent + self.reserved + amount > self.usd:
-            if self.reserved <= 0:
+            if self._holders == 0:
                 return False
             self._changed.clear()
             await self._changed.wait()
         self.reserved += amount
+        self._holders += 1
         return True
 
     def settle(self, reserved: float, billed: float) -> None:
         """Replace a reservation by what the request really cost."""
-        self.reserved = max(0.0, self.reserved - reserved)
+        self._holders -= 1
+        self.reserved = max(0.0, self.reserved - reserved) if self._holders else 0.0
         self.spent += billed
         self._changed.set()
 

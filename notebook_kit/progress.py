@@ -64,8 +64,16 @@ class ProgressBar:
             bar.refresh()  # nothing finished lately: still show retrying counts
 
     @staticmethod
-    def postfix(stats: RunStats) -> dict[str, int]:
-        counts = {"ok": stats.ok, "error": stats.error, "retrying": stats.retrying}
+    def postfix(stats: RunStats) -> dict[str, int | str]:
+        counts: dict[str, int | str] = {
+            "ok": stats.ok,
+            "error": stats.error,
+            "retrying": stats.retrying,
+        }
+        if stats.cached:
+            counts["cached"] = stats.cached
+        if stats.cost_usd:
+            counts["cost"] = f"${stats.cost_usd:.4f}"
         if stats.cancelled:
             counts["cancelled"] = stats.cancelled
         if stats.skipped:

@@ -77,11 +77,12 @@ class Panel(_Callbacks):
         self.stop = widgets.Button(description="Stop", button_style="danger", icon="stop")
         total = len(job.plan.frame)
         self.bar = widgets.IntProgress(value=0, min=0, max=max(total, 1), description=f"0/{total}")
+        self.effective = widgets.HTML()  # the adaptive limit, when 429s pushed it lower
         self.status = widgets.HTML("starting…")
         self.hint = widgets.HTML(f"<i>{html.escape(hint)}</i>" if hint else "")
         self.widget = widgets.VBox(
             [
-                widgets.HBox([self.concurrency, self.model]),
+                widgets.HBox([self.concurrency, self.effective, self.model]),
                 widgets.HBox([self.pause, self.stop, self.bar]),
                 self.status,
                 self.hint,
@@ -146,7 +147,19 @@ class Panel(_Callbacks):
         if self.bar.value != finished:
             self.bar.value = finished
             self.bar.description = f"{finished}/{stats.total}"
+        engine = self._job.engine
+        effective = ""
+        if engine is not None and engine.limit.total < engine.adaptive.target:
+            effective = f"effective <b>{engine.limit.total}</b> (after 429s)"
+        if self.effective.value != effective:
+            self.effective.value = effective
         text = status_line(stats, elapsed, state=self._job.state)
+        budget = engine.budget if engine is not None else None
+        if budget is not None:
+            text += f"<br>budget ${budget.usd:g}: spent ${budget.spent:.4f}"
+            text += f", reserved ${budget.reserved:.4f}"
+            if stats.budget_reached:
+                text += " · <b>budget reached</b>: raise it with job.set_budget(...)"
         if error is not None:
             reason = html.escape(str(error) or type(error).__name__)
             text += f"<br><span style='color:#b00'>{reason}</span>"
@@ -166,7 +179,10 @@ def status_line(stats: RunStats, elapsed: float, *, state: str) -> str:
         f"in flight {stats.in_flight}",
         f"{(stats.ok + stats.error) / elapsed:.1f} rows/s",
         f"{stats.input_tokens + stats.output_tokens:,} tokens",
+        f"${stats.cost_usd:.4f}",
     ]
+    if stats.cached:
+        parts.append(f"cached {stats.cached}")
     if stats.cancelled:
         parts.append(f"cancelled {stats.cancelled}")
     if stats.skipped:

@@ -112,6 +112,7 @@ class Settings:
     models: frozenset[str] | None = None
     quota_exhausted: bool = False
     usage: bool = True
+    rate_headers: bool = True  # False: enforce rpm/tpm limits without disclosing them
 
     def __post_init__(self) -> None:
         if self.models is not None:
@@ -611,7 +612,9 @@ class FakeLLMServer:
         """Headers for each configured rate limit; called with the lock held."""
         settings = self._settings
         now = time.monotonic()
-        headers = {}
+        headers: dict[str, str] = {}
+        if not settings.rate_headers:
+            return headers
         for kind, window, per_minute, capacity, _ in self._limits(settings, 0):
             remaining = str(max(0, math.floor(capacity - window.used(now, settings.rate_window))))
             reset = window.reset_in(now, settings.rate_window)
@@ -753,6 +756,9 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[int, dict[str, Any]]:
     parser.add_argument("--models", type=lambda names: names.split(","), help="comma-separated")
     parser.add_argument("--quota-exhausted", action="store_true", default=None)
     parser.add_argument("--no-usage", dest="usage", action="store_false", default=None)
+    parser.add_argument(
+        "--no-rate-headers", dest="rate_headers", action="store_false", default=None
+    )
     args = vars(parser.parse_args(argv))
     port = args.pop("port")
     return port, {name: value for name, value in args.items() if value is not None}

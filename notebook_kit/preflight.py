@@ -1,0 +1,135 @@
+"""Before a run: how many tokens, what it may cost, and how long it should take. No calls.
+
+Input tokens are counted with tiktoken when it is installed and its encoding loads, else
+approximated as 4 characters per token (plus 4 per message), the same estimate the rate
+limits use. Output tokens cannot be known: the expected cost uses `output_tokens` per row
+(default: half of max_tokens, or 150), the upper bound uses max_tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from .cache import Cache, fingerprint
+from .config import Limits
+from .frame import Plan
+from .pricing import price_of, prices_as_of
+from .providers.base import Provider
+from .types import Request
+
+DEFAULT_OUTPUT_TOKENS = 150
+
+
+def token_counter(model: str) -> tuple[Callable[[str], int], str]:
+    """A function counting a text's tokens, and how it counts."""
+    try:
+        import tiktoken
+
+        try:
+            encoding = tiktoken.encoding_for_model(model)
+        except KeyError:
+            encoding = tiktoken.get_encoding("o200k_base")
+        return (lambda text: len(encoding.encode(text))), f"tiktoken {encoding.name}"
+    except Exception:
+        return (lambda text: max(1, len(text) // 4)), "about 4 characters per token"
+
+
+def estimate_run(
+    plan: Plan,
+    provider: Provider,
+    *,
+    model: str,
+    params: dict[str, Any],
+    limits: Limits,
+    latency: float,
+    output_tokens: int | None,
+    cache: Cache | None,
+) -> pd.DataFrame:
+    count, method = token_counter(model)
+    base_url = provider.describe().get("base_url")
+    sends: set[str] = set()
+    rows = skipped = cached = duplicates = 0
+    input_tokens = 0
+    for item in plan.requests(params):
+        rows += 1
+        if not isinstance(item, Request):
+            skipped += 1
+            continue
+        row_model = item.model or model
+        key = fingerprint(provider.name, base_url, row_model, item.messages, item.params)
+        if key in sends:
+            duplicates += 1
+            continue
+        if cache is not None and cache.get(key) is not None:
+            cached += 1
+            continue
+        sends.add(key)
+        input_tokens += sum(count(str(m.get("content", ""))) + 4 for m in item.messages)
+    requests = len(sends)
+    max_tokens = params.get("max_tokens")
+    expected_out = output_tokens or (max_tokens // 2 if isinstance(max_tokens, int) else None)
+    expected_out = expected_out or DEFAULT_OUTPUT_TOKENS
+    price = price_of(model)
+
+    def cost(out_per_row: int | None) -> float | None:
+        if price is None or out_per_row is None:
+            return None
+        return round(price.cost(input_tokens, out_per_row * requests), 6)
+
+    seconds, bound = _wall_time(
+        requests, input_tokens + expected_out * requests, limits=limits, latency=latency
+    )
+    facts: list[tuple[str, Any, str]] = [
+        ("rows", rows, ""),
+        ("requests to send", requests, "rows minus skipped, cached and duplicate ones"),
+        ("skipped or invalid rows", skipped, "empty prompts and rows that cannot be sent"),
+        ("served from the cache", cached, "already paid for in an earlier run"),
+        ("duplicates in this run", duplicates, "identical requests are sent once"),
+        ("input tokens", input_tokens, method),
+        ("output tokens (expected)", expected_out * requests, f"{expected_out} per request"),
+        (
+            "output tokens (at most)",
+            max_tokens * requests if isinstance(max_tokens, int) else None,
+            "max_tokens per request" if isinstance(max_tokens, int) else "no max_tokens given",
+        ),
+        ("cost USD (expected)", cost(expected_out), _price_note(model)),
+        (
+            "cost USD (at most)",
+            cost(max_tokens if isinstance(max_tokens, int) else None),
+            "with max_tokens output per request",
+        ),
+        ("wall time s (expected)", round(seconds, 1), bound),
+    ]
+    frame = pd.DataFrame(
+        {"value": pd.array([v for _, v, _ in facts], dtype=object), "how": [h for *_, h in facts]},
+        index=pd.Index([q for q, _, _ in facts], name="quantity"),
+    )
+    frame.attrs["notebook_kit_estimate"] = {"model": model, "provider": provider.name}
+    return frame
+
+
+def _price_note(model: str) -> str:
+    price = price_of(model)
+    if price is None:
+        return f"no price known for {model!r}: kit.set_price(...)"
+    return f"${price.input:g} in / ${price.output:g} out per 1M tokens (prices of {prices_as_of()})"
+
+
+def _wall_time(requests: int, tokens: int, *, limits: Limits, latency: float) -> tuple[float, str]:
+    """The slowest of: concurrency x latency, the request rate, the token rate."""
+    if requests == 0:
+        return 0.0, "nothing to send"
+    waves = math.ceil(requests / limits.concurrency) * latency
+    candidates = [(waves, f"concurrency {limits.concurrency} at ~{latency:g} s per request")]
+    if limits.rpm:
+        per_minute = limits.rpm * limits.headroom
+        candidates.append((requests / per_minute * 60 + latency, f"rpm={limits.rpm:g}"))
+    if limits.tpm:
+        per_minute = limits.tpm * limits.headroom
+        candidates.append((tokens / per_minute * 60 + latency, f"tpm={limits.tpm:g}"))
+    seconds, bound = max(candidates)
+    return seconds, f"bound by {bound}"

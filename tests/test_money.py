@@ -1,0 +1,188 @@
+"""Never overspend: cost columns, the budget, adaptive limits, rate-limit waits, estimates."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import KEY, eventually
+from fake_llm_server import FakeLLMServer
+
+import notebook_kit as kit
+from notebook_kit.pricing import _custom, price_of
+
+PRICE = {"input": 1000.0, "output": 2000.0}  # USD per 1M tokens: big, so a few rows matter
+
+
+@pytest.fixture(autouse=True)
+def test_prices() -> Any:
+    kit.set_price("test-model", **PRICE)
+    yield
+    _custom.clear()
+
+
+def prompts(n: int, prefix: str = "question") -> pd.DataFrame:
+    return pd.DataFrame({"prompt": [f"{prefix} {i}" for i in range(n)]})
+
+
+async def run(server: FakeLLMServer, df: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
+    kwargs.setdefault("progress", False)
+    kwargs.setdefault("model", "test-model")
+    kwargs.setdefault("cache", False)
+    return await kit.run_df(df, "prompt", base_url=server.openai_base_url, api_key=KEY, **kwargs)
+
+
+def billed(server: FakeLLMServer) -> float:
+    stats = server.stats()
+    return (
+        stats["tokens_billed_input"] * PRICE["input"]
+        + stats["tokens_billed_output"] * PRICE["output"]
+    ) / 1e6
+
+
+async def test_cost_columns_are_the_price_table_times_the_servers_usage(
+    server: FakeLLMServer,
+) -> None:
+    result = await run(server, prompts(25))
+    expected = (
+        result["input_tokens"] * PRICE["input"] + result["output_tokens"] * PRICE["output"]
+    ) / 1e6
+    assert result["cost_usd"].round(9).tolist() == expected.round(9).tolist()
+    assert result["cost_usd"].sum() == pytest.approx(billed(server))
+    assert result.attrs["notebook_kit"]["cost_usd"] == pytest.approx(billed(server), abs=1e-6)
+
+
+async def test_an_unknown_model_has_no_cost_rather_than_a_wrong_one(
+    server: FakeLLMServer,
+) -> None:
+    result = await run(server, prompts(3), model="model-nobody-priced")
+    assert result["cost_usd"].isna().all()
+    assert (result["status"] == "ok").all()
+
+
+def test_dated_model_names_use_their_base_price() -> None:
+    assert price_of("gpt-4.1-mini-2025-04-14") == price_of("gpt-4.1-mini")
+    assert price_of("gpt-4.1-2025-04-14") == price_of("gpt-4.1")
+    assert price_of("gpt-4.1-mini") != price_of("gpt-4.1")
+
+
+async def test_budget_stops_before_overspending_at_concurrency_50(server: FakeLLMServer) -> None:
+    server.configure(latency=0.2)
+    df = prompts(400, "[[tokens=40]] q")  # replies close to max_tokens: reservations are tight
+    budget = 2.0
+    result = await run(server, df, concurrency=50, max_tokens=50, budget_usd=budget)
+    assert billed(server) <= budget  # the server's own token count is the witness
+    assert billed(server) > 0.5 * budget
+    ok, cancelled = (result["status"] == "ok").sum(), (result["status"] == "cancelled").sum()
+    assert ok > 0 and cancelled > 0 and ok + cancelled == 400
+    reasons = set(result.loc[result["status"] == "cancelled", "error"])
+    assert all("budget is reached" in r for r in reasons)
+    assert result["cost_usd"].sum() == pytest.approx(billed(server))
+
+
+async def test_a_background_job_pauses_at_the_budget_and_goes_on_when_raised(
+    server: FakeLLMServer,
+) -> None:
+    server.configure(latency=0.05)
+    job = kit.start(
+        prompts(40),
+        "prompt",
+        base_url=server.openai_base_url,
+        api_key=KEY,
+        model="test-model",
+        max_tokens=20,
+        budget_usd=0.3,
+        cache=False,
+        panel=True,
+    )
+    await eventually(lambda: bool(job.stats and job.stats.budget_reached))
+    await asyncio.sleep(0.2)
+    done = job.stats.done if job.stats else 0
+    assert 0 < done < 40 and job.state != "done"
+    assert job.panel is not None and "budget reached" in job.panel.status.value
+    spent_before = billed(server)
+    assert spent_before <= 0.3
+    job.set_budget(10.0)
+    result = await job
+    assert (result["status"] == "ok").all()
+
+
+async def test_budget_needs_a_ceiling_and_a_price(server: FakeLLMServer) -> None:
+    with pytest.raises(kit.ConfigError, match="max_tokens"):
+        await run(server, prompts(2), budget_usd=1.0)
+    with pytest.raises(kit.ConfigError, match="set_price"):
+        await run(server, prompts(2), budget_usd=1.0, max_tokens=10, model="unpriced")
+
+
+async def test_rate_limit_waits_use_up_no_attempts(server: FakeLLMServer) -> None:
+    df = pd.DataFrame({"prompt": ["[[429 retry_after=0.05 times=6]] patient", "other"]})
+    result = await run(server, df, max_attempts=2)
+    assert result["status"].tolist() == ["ok", "ok"]
+    assert result["attempts"].tolist() == [7, 1]  # every request sent is counted
+
+
+async def test_adaptive_concurrency_gets_fewer_429s_than_a_fixed_limit(
+    server: FakeLLMServer,
+) -> None:
+    """Against an undisclosed limit (no rate headers) in the same test run."""
+    server.configure(latency=0.25, rpm_limit=1200, rate_window=1.0, rate_headers=False)
+    counts = {}
+    for adaptive in (False, True):
+        server.reset_stats()
+        await asyncio.sleep(1.1)  # let the server's window empty
+        result = await run(server, prompts(150, f"a{adaptive}"), concurrency=40, adaptive=adaptive)
+        assert (result["status"] == "ok").all()
+        counts[adaptive] = server.stats()["count_429"]
+    print("429s with a fixed limit / adaptive:", counts[False], counts[True])
+    assert counts[True] < counts[False], counts
+
+
+async def test_rate_headers_pause_starts_when_the_quota_is_used_up(
+    server: FakeLLMServer,
+) -> None:
+    server.configure(latency=0.05, rpm_limit=600, rate_window=1.0)  # 10 per second, disclosed
+    result = await run(server, prompts(40), concurrency=3, adaptive=False)
+    assert (result["status"] == "ok").all()
+    with_headers = server.stats()["count_429"]
+    server.reset_stats()
+    server.configure(rate_headers=False)
+    await asyncio.sleep(1.1)
+    await run(server, prompts(40, "again"), concurrency=3, adaptive=False)
+    without = server.stats()["count_429"]
+    print("429s with rate headers / without:", with_headers, without)
+    assert with_headers < without
+
+
+def test_estimate_before_a_run(server: FakeLLMServer) -> None:
+    df = pd.DataFrame({"prompt": ["x" * 400, "x" * 400, "", "y" * 40]})
+    table = kit.estimate(
+        df,
+        "prompt",
+        base_url=server.openai_base_url,
+        api_key=KEY,
+        model="test-model",
+        max_tokens=100,
+        concurrency=2,
+        rpm=60,
+        cache=False,
+    )
+    value = table["value"]
+    assert value["rows"] == 4 and value["requests to send"] == 2
+    assert value["skipped or invalid rows"] == 1 and value["duplicates in this run"] == 1
+    assert value["input tokens"] == (100 + 4) + (10 + 4)
+    assert value["cost USD (at most)"] == pytest.approx((118 * 1000 + 200 * 2000) / 1e6)
+    assert value["cost USD (expected)"] == pytest.approx((118 * 1000 + 100 * 2000) / 1e6)
+    assert "rpm=60" in table.loc["wall time s (expected)", "how"]
+    assert server.stats()["requests_total"] == 0  # nothing was called
+
+
+def test_estimate_knows_what_the_cache_already_holds(tmp_path: Any) -> None:
+    df = prompts(10)
+    path = tmp_path / "est.sqlite"
+    demo = kit.DemoProvider(latency=0)
+    kit.run_df_sync(df.head(4), "prompt", provider=demo, cache=path, progress=False)
+    table = kit.estimate(df, "prompt", provider=demo, cache=path)
+    assert table["value"]["served from the cache"] == 4
+    assert table["value"]["requests to send"] == 6
