@@ -376,6 +376,8 @@ class Engine:
         rate, cap = completion.rate, self.config.retry.retry_after_cap
         if rate is None:
             return
+        if self.config.limits.rpm is not None:
+            return  # the user's rpm paces this run; the header would only add caution
         started_since = self.stats.requests - sent_as
         requests_left = rate.remaining_requests
         if requests_left is not None and requests_left - started_since <= 0:

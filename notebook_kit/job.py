@@ -88,7 +88,7 @@ class Job:
 
     @property
     def state(self) -> str:
-        """queued, running, paused, stopping, done, stopped or failed."""
+        """queued, running, paused, paused at the budget, stopping, done, stopped or failed."""
         engine = self.engine
         if self._failed:
             return "failed"
@@ -98,6 +98,8 @@ class Job:
             return "queued"
         if engine.stop_reason:
             return "stopping"
+        if engine.stats.budget_reached:
+            return "paused at the budget"
         return "paused" if self._paused else "running"
 
     # -- controls (any thread) -----------------------------------------------------------

@@ -132,12 +132,16 @@ class RateMeter:
 
 
 class AdaptiveConcurrency:
-    """Lowers a limit on 429s and raises it back as calls succeed (AIMD), never above target.
+    """Lowers a limit on 429s and raises it back as calls succeed, never above its target.
 
-    Multiplicative decrease: a 429 halves the limit, at most once per `calm` seconds (a burst
-    of 429s from one overload counts once). Additive increase: +1 after a limit's worth of
-    successes in a row. The user's setting (`target`, e.g. the panel's slider) is the ceiling.
+    Decrease: each 429 takes one slot away, but one overload (the 429s within `calm`
+    seconds of the first) takes at most half: a burst of k rejections says about k requests
+    too many were in flight. Increase: +1 after a limit's worth of successes, at most every
+    `GROW_EVERY` seconds (probing faster only buys the next burst of 429s). The user's
+    setting (`target`, e.g. the panel's slider) is the ceiling.
     """
+
+    GROW_EVERY = 2.0  # seconds between two increases
 
     def __init__(
         self,
@@ -155,6 +159,8 @@ class AdaptiveConcurrency:
         self._on_change = on_change
         self._calm = calm
         self._calm_until = 0.0
+        self._floor = 1  # how low the current overload may push the limit
+        self._grown_at = 0.0
         self._successes = 0
 
     def set_target(self, value: int) -> None:
@@ -163,19 +169,24 @@ class AdaptiveConcurrency:
         self._set(value)
 
     def rate_limited(self, retry_after: float | None) -> None:
-        now = self._clock()
-        if not self._enabled or now < self._calm_until:
+        if not self._enabled:
             return
-        self._calm_until = now + max(self._calm, retry_after or 0.0)
+        now = self._clock()
+        if now >= self._calm_until:  # a new overload
+            self._calm_until = now + max(self._calm, retry_after or 0.0)
+            self._floor = max(1, self._limit.total // 2)
+        self._grown_at = now
         self._successes = 0
-        self._set(max(1, self._limit.total // 2))
+        self._set(max(self._floor, self._limit.total - 1))
 
     def succeeded(self) -> None:
         if not self._enabled or self._limit.total >= self.target:
             return
+        now = self._clock()
         self._successes += 1
-        if self._successes >= self._limit.total:
+        if self._successes >= self._limit.total and now - self._grown_at >= self.GROW_EVERY:
             self._successes = 0
+            self._grown_at = now
             self._set(self._limit.total + 1)
 
     def _set(self, value: int) -> None:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from notebook_kit.deadline import Deadline
-from notebook_kit.limits import ConcurrencyLimit, RateMeter, StartGate
+from notebook_kit.limits import AdaptiveConcurrency, Budget, ConcurrencyLimit, RateMeter, StartGate
 
 
 class FakeTime:
@@ -176,3 +176,57 @@ async def test_deadline_does_not_swallow_outside_cancellation() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def adaptive(total: int, fake: FakeTime) -> tuple[ConcurrencyLimit, AdaptiveConcurrency, list[int]]:
+    limit = ConcurrencyLimit(total)
+    changes: list[int] = []
+    return (
+        limit,
+        AdaptiveConcurrency(limit, enabled=True, clock=fake.clock, on_change=changes.append),
+        changes,
+    )
+
+
+def test_adaptive_takes_a_slot_per_429_and_at_most_half_per_overload() -> None:
+    fake = FakeTime()
+    limit, aimd, _ = adaptive(20, fake)
+    for _ in range(15):  # one overload: 15 rejections within the calm second
+        aimd.rate_limited(None)
+    assert limit.total == 10
+    fake.now += 1.5  # a new overload may halve again
+    for _ in range(3):
+        aimd.rate_limited(None)
+    assert limit.total == 7
+
+
+def test_adaptive_grows_back_slowly_and_never_above_the_target() -> None:
+    fake = FakeTime()
+    limit, aimd, changes = adaptive(4, fake)
+    aimd.rate_limited(None)
+    aimd.rate_limited(None)
+    assert limit.total == 2
+    for _ in range(10):
+        aimd.succeeded()
+    assert limit.total == 2  # successes alone are not enough: at most one step per 2 s
+    for _ in range(10):
+        fake.now += 2.0
+        for _ in range(limit.total):
+            aimd.succeeded()
+    assert limit.total == 4 and changes == [3, 2, 3, 4]
+    aimd.set_target(6)
+    assert limit.total == 6
+
+
+async def test_budget_reserves_waits_and_refuses() -> None:
+    budget = Budget(1.0)
+    assert await budget.reserve(0.6)
+    waiter = asyncio.create_task(budget.reserve(0.6))  # does not fit while 0.6 is held
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    budget.settle(0.6, 0.1)  # the request cost less than its reservation
+    assert await asyncio.wait_for(waiter, 1)
+    budget.settle(0.6, 0.6)
+    assert not await budget.reserve(0.5)  # 0.7 spent, nothing in flight: it cannot fit
+    budget.raise_to(2.0)
+    assert await budget.reserve(0.5)

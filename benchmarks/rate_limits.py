@@ -1,0 +1,121 @@
+"""Rate limits: how close the kit runs to a limit, and how many 429s it earns on the way.
+
+1. Told the limit (`rpm=R`) against a server enforcing R per minute as R/60 per second:
+   the achieved rate (arrivals at the server) as a fraction of R, and the 429s.
+2. An undisclosed limit (no rate headers, no rpm given): adaptive concurrency (AIMD) on
+   and off, each against the same server: 429s, makespan, and the achieved rate as a
+   fraction of the server's real limit.
+
+Cache off. Against the fake server in its own process; prints numbers, asserts nothing.
+
+    python benchmarks/rate_limits.py            # about 3 minutes
+    python benchmarks/rate_limits.py --quick    # about 1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from throughput import KEY, SERVER, call
+
+import notebook_kit as kit
+
+
+def accepted_per_minute(stats: dict[str, Any]) -> float:
+    """Requests the server accepted (not 429), per minute over the span of all arrivals."""
+    arrivals = sorted(stats["arrivals"])
+    if len(arrivals) < 2:
+        return 0.0
+    accepted = stats["requests_total"] - stats["count_429"]
+    return accepted / (arrivals[-1] - arrivals[0]) * 60
+
+
+def run(url: str, n: int, tag: str, **options: Any) -> dict[str, Any]:
+    call(url, "/_reset", {})
+    time.sleep(1.1)  # an empty window for every contender
+    df = pd.DataFrame({"prompt": [f"{tag} question {i}" for i in range(n)]})
+    start = time.perf_counter()
+    result = kit.run_df_sync(
+        df,
+        "prompt",
+        base_url=url + "/v1",
+        api_key=KEY,
+        model="bench",
+        cache=False,
+        progress=False,
+        **options,
+    )
+    wall = time.perf_counter() - start
+    stats = call(url, "/_stats")
+    return {
+        "wall": wall,
+        "ok": int((result["status"] == "ok").sum()),
+        "429": stats["count_429"],
+        "requests": stats["requests_total"],
+        "per_minute": accepted_per_minute(stats),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    rpm = 600
+    told_n, hidden_n = (200, 150) if args.quick else (600, 300)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(SERVER),
+            "--port",
+            "0",
+            "--latency-median",
+            "0.3",
+            "--latency-sigma",
+            "0.5",
+            "--seed",
+            "2",
+            "--rpm-limit",
+            str(rpm),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split()[-1]
+        print(
+            f"\n1. Told the limit: rpm={rpm} against a server enforcing {rpm}/min "
+            f"as {rpm // 60} per second; {told_n} rows, concurrency 50"
+        )
+        r = run(url, told_n, "told", concurrency=50, rpm=rpm)
+        print(
+            f"   {r['wall']:.1f} s, {r['per_minute']:.0f} requests/min = "
+            f"{r['per_minute'] / rpm:.3f} of the limit, {r['429']} 429s, {r['ok']}/{told_n} ok"
+        )
+
+        call(url, "/_config", {"rate_headers": False})
+        print(
+            f"\n2. Undisclosed limit ({rpm}/min, no headers, no rpm given); "
+            f"{hidden_n} rows, concurrency 50"
+        )
+        print(f"   {'':22} {'makespan':>9} {'429s':>6} {'requests':>9} {'of limit':>9} {'ok':>5}")
+        for label, adaptive in (("fixed concurrency", False), ("adaptive (AIMD)", True)):
+            r = run(url, hidden_n, label, concurrency=50, adaptive=adaptive)
+            print(
+                f"   {label:22} {r['wall']:8.1f}s {r['429']:6d} {r['requests']:9d} "
+                f"{r['per_minute'] / rpm:9.3f} {r['ok']:5d}"
+            )
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
