@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .providers import AnthropicProvider, DemoProvider, OpenAIProvider, Provider
     from .reporting import RunReport
     from .session import SessionDefaults, defaults
+    from .timeline import plot_timeline
     from .types import ErrorType, RowStatus
 
 __version__ = "0.1.0"
@@ -79,6 +80,7 @@ _HOMES = {
     "last_job": "api",
     "last_report": "api",
     "last_result": "api",
+    "plot_timeline": "timeline",
     "report": "api",
     "retry_failed": "api",
     "run_df": "api",

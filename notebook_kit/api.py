@@ -226,6 +226,9 @@ async def retry_failed(
     if len(positions) == 0:
         return result.copy()
     job = _retry_job(result.iloc[positions], meta, progress=progress, overrides=overrides)
+    if progress and in_notebook():
+        _show_panel(job)
+    history.set_last_job(job)
     try:
         rerun = await job.run()
     except (asyncio.CancelledError, RunError) as exc:

@@ -126,9 +126,9 @@ def test_demo_rpm_limit_gives_429s_that_rpm_pacing_avoids() -> None:
     burst = kit.run_df_sync(
         df, "prompt", provider=limited, concurrency=30, max_attempts=1, progress=False
     )
-    # the 11th start gets a 429; its pause holds every other start back, then all succeed
+    # 30 start at once, 10 fit the window: the other 20 get 429s; waited out, all succeed
     assert (burst["status"] == "ok").all()
-    assert 2 <= burst["attempts"].sum() - 30 <= 3
+    assert burst["attempts"].sum() - 30 >= 20
     fresh = kit.DemoProvider(latency=0, rpm=600)
     paced = kit.run_df_sync(
         df, "prompt", provider=fresh, concurrency=30, rpm=600, cache=False, progress=False

@@ -25,6 +25,7 @@ NEGATIVE = frozenset(
     "bad poor terrible hate hated awful broke broken slow worst refund disappointed "
     "cheap flimsy useless returned leaks leaked late missing damaged never annoying".split()
 )
+REFUSAL_SHARE = 0.2  # a 429 comes back after this share of the usual latency
 HANG_SECONDS = 3600.0  # a simulated hang lasts until the kit's timeout gives up on it
 
 
@@ -88,9 +89,12 @@ class DemoProvider(Provider):
         yield self
 
     async def complete(self, request: Request) -> Completion:
-        self._check_rpm()
+        refusal = self._check_rpm()
         draw = self._rng.random()
-        if draw < self.rate_limit_rate:
+        if refusal is not None or draw < self.rate_limit_rate:
+            await asyncio.sleep(self.latency * REFUSAL_SHARE)  # a 429 is quick, not instant
+            if refusal is not None:
+                raise refusal
             raise CallError(
                 ErrorType.RATE_LIMIT,
                 "HTTP 429: simulated rate limit",
@@ -112,21 +116,23 @@ class DemoProvider(Provider):
             return 0.0
         return self.latency * math.exp(self._rng.gauss(0.0, self.jitter))
 
-    def _check_rpm(self) -> None:
+    def _check_rpm(self) -> CallError | None:
+        """The 429 a server enforcing `rpm` would send now, or None (the request counts)."""
         if self.rpm is None:
-            return
+            return None
         now = time.monotonic()
         while self._recent and now - self._recent[0] >= 1.0:
             self._recent.popleft()
         if len(self._recent) >= max(1.0, self.rpm / 60.0):
             wait = 1.0 - (now - self._recent[0])
-            raise CallError(
+            return CallError(
                 ErrorType.RATE_LIMIT,
                 f"HTTP 429: simulated limit of {self.rpm:g} requests per minute",
                 status=429,
                 retry_after=wait,
             )
         self._recent.append(now)
+        return None
 
 
 def reply(request: Request) -> Completion:

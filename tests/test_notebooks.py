@@ -1,0 +1,77 @@
+"""Every lesson notebook runs top to bottom in a real kernel (nbclient), offline.
+
+Lesson 6 runs twice: without keys (its cells skip their calls) and against the suite's fake
+server through OPENAI_BASE_URL / OPENAI_API_KEY, so its real-provider path is exercised too.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import KEY
+from fake_llm_server import FakeLLMServer
+from nbclient import NotebookClient
+
+pytestmark = pytest.mark.kernel
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+BUDGET_S = 120  # each lesson must fit in class time on the demo model
+
+
+def execute(name: str) -> tuple[nbformat.NotebookNode, float]:
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = NotebookClient(
+        notebook,
+        timeout=BUDGET_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
+    start = time.perf_counter()
+    client.execute()
+    return notebook, time.perf_counter() - start
+
+
+def text(notebook: nbformat.NotebookNode) -> str:
+    parts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", ""))
+            parts.append(output.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+LESSONS = sorted(p.name for p in NOTEBOOKS.glob("0[1-5]_*.ipynb"))
+
+
+def test_there_are_five_offline_lessons() -> None:
+    assert len(LESSONS) == 5
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_lesson_runs_offline_top_to_bottom(name: str) -> None:
+    notebook, seconds = execute(name)
+    assert seconds < BUDGET_S
+    assert "Traceback" not in text(notebook)
+
+
+def test_real_provider_lesson_skips_cleanly_without_keys() -> None:
+    notebook, _ = execute("06_real_providers.ipynb")
+    out = text(notebook)
+    assert "none found" in out and out.count("skipped: no provider") == 3
+
+
+def test_real_provider_lesson_against_the_fake_server(
+    server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.configure(latency=0.05)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    notebook, _ = execute("06_real_providers.ipynb")
+    out = text(notebook)
+    assert "provider: openai" in out and "skipped: no provider" not in out
+    assert "{'ok': 48, 'skipped': 2}" in out or "{'ok': 50}" in out
+    assert server.stats()["requests_total"] >= 50
+    assert KEY not in out
