@@ -398,7 +398,8 @@ class Engine:
         try:
             completion = await self._complete(request)
             self.adaptive.succeeded()
-            billed = cost_of(request.model, completion.input_tokens, completion.output_tokens)
+            if reserved is not None:
+                billed = cost_of(request.model, completion.input_tokens, completion.output_tokens)
             return completion
         except CallError as exc:
             outcome = exc.error_type.value

@@ -46,8 +46,10 @@ def set_price(model: str, *, input: float, output: float) -> None:
     if input < 0 or output < 0:
         raise ValueError("prices must be >= 0")
     _custom[model] = Price(input=input, output=output)
+    price_of.cache_clear()
 
 
+@cache
 def price_of(model: str | None) -> Price | None:
     """The model's price, also for dated names (gpt-4.1-mini-2025-04-14), or None."""
     if not model:

@@ -21,6 +21,7 @@ def test_prices() -> Any:
     kit.set_price("test-model", **PRICE)
     yield
     _custom.clear()
+    price_of.cache_clear()
 
 
 def prompts(n: int, prefix: str = "question") -> pd.DataFrame:
