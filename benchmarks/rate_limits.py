@@ -15,14 +15,13 @@ Cache off. Against the fake server in its own process; prints numbers, asserts n
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from throughput import KEY, SERVER, call
+from throughput import KEY, call, fake_server
 
 import notebook_kit as kit
 
@@ -68,27 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     rpm = 600
     told_n, hidden_n = (200, 150) if args.quick else (600, 300)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            str(SERVER),
-            "--port",
-            "0",
-            "--latency-median",
-            "0.3",
-            "--latency-sigma",
-            "0.5",
-            "--seed",
-            "2",
-            "--rpm-limit",
-            str(rpm),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        url = server.stdout.readline().split()[-1]
+    with fake_server("--seed", "2", "--rpm-limit", str(rpm)) as url:
         print(
             f"\n1. Told the limit: rpm={rpm} against a server enforcing {rpm}/min "
             f"as {rpm // 60} per second; {told_n} rows, concurrency 50"
@@ -111,9 +90,6 @@ def main() -> None:
                 f"   {label:22} {r['wall']:8.1f}s {r['429']:6d} {r['requests']:9d} "
                 f"{r['per_minute'] / rpm:9.3f} {r['ok']:5d}"
             )
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":

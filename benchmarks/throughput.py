@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import heapq
 import json
 import statistics
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,32 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # -- the orchestra --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fake_server(*settings: str) -> Iterator[str]:
+    """The tests' fake server in its own process (latency lognormal, median 300 ms): its URL."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(SERVER),
+            "--port",
+            "0",
+            "--latency-median",
+            "0.3",
+            "--latency-sigma",
+            "0.5",
+            *settings,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        yield server.stdout.readline().split()[-1]
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def ideal_makespan(latencies: list[float], slots: int) -> float:
@@ -204,31 +232,10 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            str(SERVER),
-            "--port",
-            "0",
-            "--latency-median",
-            "0.3",
-            "--latency-sigma",
-            "0.5",
-            "--seed",
-            "1",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        url = server.stdout.readline().split()[-1]
+    with fake_server("--seed", "1") as url:
         scenario_throughput(url, args.n, args.c, args.rounds)
         if args.rate_n:
             scenario_rate_limit(url, args.rate_n)
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":

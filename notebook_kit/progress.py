@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from .reporting import RunStats
 
@@ -13,24 +13,14 @@ TICK = 0.2  # seconds between counter reads
 REDRAW_EVERY = 5  # ticks between forced redraws while no row finishes (about 1 s)
 
 
-class ProgressBar:
-    """`async with ProgressBar(stats):` shows done/total with ok, error and retrying counts."""
+class Ticker:
+    """`async with` a display: `tick(n)` runs every `interval` seconds on the run's loop,
+    `closed()` once at the end. The one place a display is pushed from: never per row."""
 
-    def __init__(
-        self, stats: RunStats, *, enabled: bool = True, desc: str = "notebook_kit"
-    ) -> None:
-        self._stats = stats
-        self._enabled = enabled
-        self._desc = desc
-        self._bar: Any = None
-        self._ticker: asyncio.Task[None] | None = None
+    interval = TICK
 
-    async def __aenter__(self) -> ProgressBar:
-        if self._enabled:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=self._stats.total, desc=self._desc, unit="row")
-            self._ticker = asyncio.create_task(self._tick())
+    async def __aenter__(self) -> Self:
+        self._ticker = asyncio.create_task(self._run())
         return self
 
     async def __aexit__(
@@ -39,20 +29,46 @@ class ProgressBar:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        self._ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._ticker
+        self.closed()
+
+    async def _run(self) -> None:
+        ticks = 0
+        while True:
+            self.tick(ticks)
+            await asyncio.sleep(self.interval)
+            ticks += 1
+
+    def tick(self, n: int) -> None:
+        """Push the counters (the n-th time)."""
+
+    def closed(self) -> None:
+        """The run is over."""
+
+
+class ProgressBar(Ticker):
+    """`async with ProgressBar(stats):` shows done/total with ok, error and retrying counts."""
+
+    def __init__(
+        self, stats: RunStats, *, enabled: bool = True, desc: str = "notebook_kit"
+    ) -> None:
+        self._stats = stats
+        self._bar: Any = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=stats.total, desc=desc, unit="row")
+
+    def tick(self, n: int) -> None:
+        if self._bar is not None and n:
+            self._show(redraw=n % REDRAW_EVERY == 0)
+
+    def closed(self) -> None:
         if self._bar is not None:
             self._show(redraw=True)
             self._bar.close()
-
-    async def _tick(self) -> None:
-        ticks = 0
-        while True:
-            await asyncio.sleep(TICK)
-            ticks += 1
-            self._show(redraw=ticks % REDRAW_EVERY == 0)
 
     def _show(self, *, redraw: bool) -> None:
         stats, bar = self._stats, self._bar

@@ -8,22 +8,18 @@ callbacks are shown in the panel, never swallowed.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import html
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .kernel import display_in_cell, publish_missing_idle
+from .progress import Ticker
 
 if TYPE_CHECKING:
     from .job import Job
     from .reporting import RunStats
     from .session import SessionDefaults
-
-TICK = 0.25  # seconds between two pushes of progress and status to the browser
 
 
 def _options(current: str | None, *more: Sequence[str]) -> list[str]:
@@ -52,8 +48,10 @@ class _Callbacks:
         return run
 
 
-class Panel(_Callbacks):
+class Panel(_Callbacks, Ticker):
     """A job's live controls: `concurrency`, `model`, `pause`, `stop`, plus progress and status."""
+
+    interval = 0.25  # seconds between two pushes of progress and status to the browser
 
     def __init__(self, job: Job, *, models: Sequence[str] = (), hint: str | None = None) -> None:
         import ipywidgets as widgets
@@ -97,7 +95,6 @@ class Panel(_Callbacks):
         self.model.observe(self.guard(lambda change: job.set_model(change["new"])), names="value")
         self.pause.observe(self.guard(self._on_pause), names="value")
         self.stop.on_click(self.guard(lambda _: job.cancel()))
-        self._ticker: asyncio.Task[None] | None = None
         self._started = time.monotonic()
 
     def _ipython_display_(self) -> None:
@@ -114,28 +111,14 @@ class Panel(_Callbacks):
 
     # -- the ticker, run on the job's loop ----------------------------------------------
 
-    async def __aenter__(self) -> Panel:
-        self._started = time.monotonic()
-        self._ticker = asyncio.create_task(self._tick())
-        return self
+    def tick(self, n: int) -> None:
+        if n == 0:
+            self._started = time.monotonic()
+        self.show()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+    def closed(self) -> None:
         for control in (self.concurrency, self.model, self.pause, self.stop):
             control.disabled = True
-
-    async def _tick(self) -> None:
-        while True:
-            self.show()
-            await asyncio.sleep(TICK)
 
     def show(self, error: BaseException | None = None) -> None:
         """Push the job's counters to the bar and the status line (only what changed)."""
