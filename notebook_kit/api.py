@@ -16,13 +16,12 @@ import pandas as pd
 from . import frame as frames
 from . import history
 from .cache import Cache, shared_cache
-from .config import Limits, RetryPolicy, RunConfig
+from .config import Limits, RetryPolicy, RunConfig, check_budget
 from .errors import ConfigError, RunError
 from .job import Job
 from .kernel import controls_live_while_awaiting, display_in_cell, in_notebook
 from .loops import run_blocking
 from .preflight import estimate_run
-from .pricing import price_of
 from .providers import DEMO_NOTICE, Provider, resolve
 from .reporting import RunReport
 from .session import defaults
@@ -376,7 +375,7 @@ def _job(
         budget_usd=budget_usd if budget_usd is not None else defaults.budget_usd,
         pause_at_budget=pause_at_budget,
     )
-    _check_budget(config)
+    check_budget(config)
     return Job(plan, chosen, config, progress=progress, cache=_cache(cache))
 
 
@@ -388,21 +387,6 @@ def _cache(choice: bool | str | Path | Cache | None) -> Cache | None:
     if isinstance(choice, Cache):
         return choice
     return shared_cache(None if choice is True else Path(choice))
-
-
-def _check_budget(config: RunConfig) -> None:
-    """A budget can only hold if every request's cost has a known ceiling."""
-    if config.budget_usd is None:
-        return
-    if not isinstance(config.params.get("max_tokens"), int):
-        raise ConfigError(
-            "budget_usd needs max_tokens=... so that each request's cost has a ceiling"
-        )
-    if price_of(config.model) is None:
-        raise ConfigError(
-            f"no price is known for model {config.model!r}, so budget_usd cannot be enforced; "
-            "add one with kit.set_price(model, input=..., output=...) (USD per 1M tokens)"
-        )
 
 
 def _show_panel(job: Job, *, hint: str | None = None, models: Sequence[str] = ()) -> None:
@@ -420,10 +404,13 @@ def _report_failure(task: asyncio.Task[pd.DataFrame]) -> None:
 def _retry_job(
     rows: pd.DataFrame, meta: dict[str, Any], *, progress: bool, overrides: dict[str, Any]
 ) -> Job:
+    fixed = [k for k in ("output_col", "limit", "panel", "models") if k in overrides]
+    if fixed:
+        raise ConfigError(f"retry_failed re-runs rows of the same frame: it takes no {fixed}")
     _check_params({k: v for k, v in overrides.items() if k not in _OPTIONS})
     cache = overrides.pop("cache", None)
     inputs = {k: meta[k] for k in _INPUT_OPTIONS if k in meta}
-    inputs |= {k: overrides.pop(k) for k in (*_INPUT_OPTIONS, "output_col") if k in overrides}
+    inputs |= {k: overrides.pop(k) for k in _INPUT_OPTIONS if k in overrides}
     plan = frames.plan(rows, output_col=meta.get("output_col", "response"), **inputs)
     record = history.lookup(meta.get("run_id"))
     if record is not None and not {"provider", "base_url", "api_key"} & overrides.keys():
@@ -446,7 +433,9 @@ def _retry_job(
         )
     limits = dataclasses.replace(
         base.limits,
-        **{k: overrides.pop(k) for k in ("concurrency", "rpm", "tpm") if k in overrides},
+        **{
+            k: overrides.pop(k) for k in ("concurrency", "rpm", "tpm", "adaptive") if k in overrides
+        },
     )
     retry = base.retry
     if "max_attempts" in overrides:
@@ -457,8 +446,11 @@ def _retry_job(
         timeout=overrides.pop("timeout", base.timeout),
         limits=limits,
         retry=retry,
+        budget_usd=overrides.pop("budget_usd", base.budget_usd),
+        pause_at_budget=False,
         params={**base.params, **overrides},
     )
+    check_budget(config)
     return Job(plan, chosen, config, progress=progress, cache=_cache(cache))
 
 

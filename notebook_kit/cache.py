@@ -51,7 +51,9 @@ def default_path() -> Path:
     return Path(base) / "notebook_kit" / "cache.sqlite"
 
 
-def fingerprint(provider: str, base_url: str | None, model: str, messages: Any, params: Any) -> str:
+def fingerprint(
+    provider: str, base_url: str | None, model: str | None, messages: Any, params: Any
+) -> str:
     """The cache key of a request: everything that shapes the reply, and nothing secret."""
     payload = json.dumps(
         [provider, base_url, model, messages, params],
@@ -79,6 +81,8 @@ def on_network_filesystem(path: Path) -> bool:
 
 class Cache:
     """Completions by request fingerprint, in one sqlite file shared by runs and kernels."""
+
+    IDLE_S = 5.0  # the writer thread retires after this long without work
 
     def __init__(self, path: str | Path | None = None, *, wal: bool | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else default_path()
@@ -128,9 +132,9 @@ class Cache:
             "request_id": completion.request_id,
         }
         record = (key, provider, model, json.dumps(data), time.time())
-        self._queue.put(record)
-        with self._lock:
-            if self._writer is None or not self._writer.is_alive():
+        with self._lock:  # the writer decides to retire under the same lock: no lost record
+            self._queue.put(record)
+            if self._writer is None:
                 self._writer = threading.Thread(
                     target=self._write, name="notebook_kit-cache", daemon=True
                 )
@@ -145,9 +149,13 @@ class Cache:
         try:
             while True:
                 try:
-                    first = self._queue.get(timeout=5.0)
+                    first = self._queue.get(timeout=self.IDLE_S)
                 except queue.Empty:
-                    return  # idle: a later put starts a new writer
+                    with self._lock:
+                        if self._queue.empty():
+                            self._writer = None  # idle: the next put starts a new writer
+                            return
+                    continue
                 batch = [first]
                 deadline = time.monotonic() + FLUSH_EVERY_S
                 while time.monotonic() < deadline:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .pricing import price_of
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,3 +64,18 @@ class RunConfig:
             raise ConfigError(f"timeout must be positive, got {self.timeout}")
         if self.budget_usd is not None and self.budget_usd < 0:
             raise ConfigError(f"budget_usd must be >= 0, got {self.budget_usd}")
+
+
+def check_budget(config: RunConfig) -> None:
+    """A budget can only hold if every request's cost has a known ceiling."""
+    if config.budget_usd is None:
+        return
+    if not isinstance(config.params.get("max_tokens"), int):
+        raise ConfigError(
+            "budget_usd needs max_tokens=... so that each request's cost has a ceiling"
+        )
+    if price_of(config.model) is None:
+        raise ConfigError(
+            f"no price is known for model {config.model!r}, so budget_usd cannot be enforced; "
+            "add one with kit.set_price(model, input=..., output=...) (USD per 1M tokens)"
+        )

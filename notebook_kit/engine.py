@@ -76,6 +76,7 @@ class Engine:
         self.report = report
         self.results: dict[int, RowResult] = {}
         self.stop_reason: str | None = None
+        self.user_paused = False
         self.run_error: RunError | None = None
         self._clock = clock or asyncio.get_running_loop().time
         self._t0 = self._clock()
@@ -114,12 +115,25 @@ class Engine:
         self.adaptive.set_target(value)
 
     def set_budget(self, usd: float) -> None:
-        """A new spending cap; a job paused at the old one goes on."""
+        """A new spending cap (what was billed so far counts); a job paused at the old cap
+        goes on, unless the user paused it."""
         if self.budget is None:
             self.budget = Budget(usd)
+            self.budget.spent = self.stats.cost_usd
         self.budget.raise_to(usd)
         if self.stats.budget_reached:
             self.stats.budget_reached = False
+            if not self.user_paused:
+                self.gate.resume()
+
+    def pause(self) -> None:
+        """Start nothing new; requests in flight finish."""
+        self.user_paused = True
+        self.gate.pause()
+
+    def resume(self) -> None:
+        self.user_paused = False
+        if not self.stats.budget_reached:
             self.gate.resume()
 
     def _limit_changed(self, value: int) -> None:
@@ -146,6 +160,10 @@ class Engine:
                 self.stop("interrupted")
                 await self._drain()
                 raise
+            except BaseException as exc:  # no row may keep running (and paying) after we fail
+                self.stop(f"not run: the run failed ({type(exc).__name__})")
+                await self._drain()
+                raise
             finally:
                 self.report.wall_s = self._clock() - self._t0
                 if self.cache is not None:
@@ -161,6 +179,8 @@ class Engine:
                 continue
             if self._stopping.is_set():
                 break
+            if item.model is None:  # the model menu applies to rows not dispatched yet
+                item = dataclasses.replace(item, model=self.model)
             print_ = self._fingerprint(item)
             if self._served_without_a_call(item, print_):
                 continue
@@ -177,9 +197,8 @@ class Engine:
                 self._finish(item)
 
     def _fingerprint(self, request: Request) -> str:
-        model = request.model or self.model
         return fingerprint(
-            self.provider.name, self._base_url, model, request.messages, request.params
+            self.provider.name, self._base_url, request.model, request.messages, request.params
         )
 
     def _served_without_a_call(self, request: Request, print_: str) -> bool:
@@ -188,12 +207,22 @@ class Engine:
         if followers is not None:
             followers.append(request.key)
             return True
-        hit = self.cache.get(print_) if self.cache is not None else None
+        hit = self._cached(print_)
         if hit is not None:
             self._finish(self._reuse(request.key, hit))
             return True
         self._leaders[print_] = []
         return False
+
+    def _cached(self, print_: str) -> Completion | None:
+        """The cache's reply, or None; a cache that cannot be read is not worth a failed run."""
+        if self.cache is None:
+            return None
+        try:
+            return self.cache.get(print_)
+        except Exception as exc:
+            log.warning("cache lookup failed, calling the model instead: %s", exc)
+            return None
 
     def _reuse(self, key: int, completion: Completion) -> RowResult:
         return RowResult(
@@ -248,7 +277,7 @@ class Engine:
                 input_tokens=completion.input_tokens,
                 output_tokens=completion.output_tokens,
                 cost_usd=cost_of(
-                    completion.model or request.model or self.model,
+                    completion.model or request.model,
                     completion.input_tokens,
                     completion.output_tokens,
                 ),
@@ -257,7 +286,7 @@ class Engine:
                 model=completion.model,
             )
             if self.cache is not None:
-                self.cache.put(print_, self.provider.name, request.model or self.model, completion)
+                self.cache.put(print_, self.provider.name, request.model or "", completion)
         self._finish(result)
         for key in self._leaders.pop(print_, []):
             self._finish(self._follow(key, request.key, result, completion))
@@ -326,8 +355,6 @@ class Engine:
                 await self._rpm.acquire()
             if self._tpm is not None:
                 await self._tpm.acquire(estimate)
-            if request.model is None:
-                request = dataclasses.replace(request, model=self.model)
             reserved = await self._reserve(request)
             if self._stopping.is_set():
                 self._settle(reserved, 0.0)
@@ -347,10 +374,15 @@ class Engine:
         None when there is no budget (nothing to settle afterwards)."""
         if self.budget is None:
             return None
-        price = price_of(request.model) or price_of(self.config.model)
+        price = price_of(request.model)
+        if price is None:  # e.g. a model picked mid-run: its cost could not be capped
+            self._begin_stop(
+                f"not run: no price is known for model {request.model!r}, so "
+                "budget_usd cannot be enforced (kit.set_price adds one)"
+            )
+            raise _Stopped
         max_tokens = int(request.params.get("max_tokens") or 0)
-        estimate = request.estimated_tokens() * BUDGET_INPUT_MARGIN
-        amount = price.cost(estimate, max_tokens) if price else 0.0
+        amount = price.cost(request.estimated_tokens() * BUDGET_INPUT_MARGIN, max_tokens)
         while not await self.budget.reserve(amount):
             self.stats.budget_reached = True
             spent = f"${self.budget.spent:.4f} of budget_usd={self.budget.usd:g} spent"
@@ -364,8 +396,12 @@ class Engine:
         return amount
 
     def _settle(self, reserved: float | None, billed: float | None) -> None:
-        if self.budget is not None and reserved is not None:
-            self.budget.settle(reserved, reserved if billed is None else billed)
+        if self.budget is None:
+            return
+        if reserved is None:  # sent before the budget was set: it still counts
+            self.budget.spent += billed or 0.0
+            return
+        self.budget.settle(reserved, reserved if billed is None else billed)
 
     def _pace(self, completion: Completion, sent_as: int, estimate: int) -> None:
         """Start nothing more until the reset when the server's quota is used up.
@@ -398,7 +434,7 @@ class Engine:
         try:
             completion = await self._complete(request)
             self.adaptive.succeeded()
-            if reserved is not None:
+            if self.budget is not None:
                 billed = cost_of(request.model, completion.input_tokens, completion.output_tokens)
             return completion
         except CallError as exc:

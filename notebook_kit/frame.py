@@ -109,8 +109,8 @@ class Plan:
                 empty = [name for name, value in row.items() if _is_missing(value)]
                 if empty:
                     yield _skip(key, f"template field {empty[0]!r} is empty")
-                else:
-                    yield self.template.format_map(row)
+                    continue
+                yield _render(self.template, row, key)
         else:
             assert self.prompt is not None
             for key, value in enumerate(frame[self.prompt].tolist()):
@@ -299,6 +299,15 @@ def _prompt(key: int, value: Any) -> str | RowResult:
         f"the prompt must be text, got {type(value).__name__}; "
         "use messages_col=... for rows that hold chat message lists",
     )
+
+
+def _render(template: str, row: dict[str, Any], key: int) -> str | RowResult:
+    """The row's prompt, or an `invalid_input` fault (e.g. "{price:.2f}" over a text)."""
+    try:
+        return template.format_map(row)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        problem = f"the template does not fit this row: {type(exc).__name__}: {exc}"
+        return _row_fault(key, ErrorType.INVALID_INPUT, problem)
 
 
 def _messages(key: int, value: Any) -> list[dict[str, Any]] | RowResult:

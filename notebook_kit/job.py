@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
+import threading
 import time
 import uuid
 from collections import deque
@@ -17,7 +19,7 @@ import pandas as pd
 from . import frame as frames
 from . import history
 from .cache import Cache
-from .config import RunConfig
+from .config import RunConfig, check_budget
 from .engine import Engine
 from .errors import RunError
 from .pricing import prices_as_of
@@ -61,6 +63,7 @@ class Job:
         self.task: asyncio.Task[pd.DataFrame] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: deque[Callable[[Engine], None]] = deque()  # controls before the start
+        self._starting = threading.Lock()  # a control sent while run() starts is not lost
         self._paused = False
         self._failed = False
 
@@ -116,14 +119,16 @@ class Job:
     def pause(self) -> None:
         """Start nothing new; requests in flight finish."""
         self._paused = True
-        self._control(lambda engine: engine.gate.pause())
+        self._control(lambda engine: engine.pause())
 
     def resume(self) -> None:
         self._paused = False
-        self._control(lambda engine: engine.gate.resume())
+        self._control(lambda engine: engine.resume())
 
     def set_budget(self, usd: float) -> None:
-        """A new spending cap in USD; a job paused at the old cap goes on."""
+        """A new spending cap in USD (what was billed so far counts); a job paused at the
+        old cap goes on. Needs max_tokens and a known price, as `budget_usd=` does."""
+        check_budget(dataclasses.replace(self.config, budget_usd=float(usd)))
         usd = float(usd)
         self._control(lambda engine: engine.set_budget(usd))
 
@@ -132,11 +137,13 @@ class Job:
         self._control(lambda engine: engine.stop())
 
     def _control(self, change: Callable[[Engine], None]) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            self._pending.append(change)
-            return
-        loop.call_soon_threadsafe(self._apply, change)
+        with self._starting:
+            loop = self._loop
+            if loop is None:
+                self._pending.append(change)
+                return
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(self._apply, change)
 
     def _apply(self, change: Callable[[Engine], None]) -> None:
         if self.engine is not None and self.result is None:
@@ -146,7 +153,6 @@ class Job:
 
     async def run(self) -> pd.DataFrame:
         started = time.time()
-        self._loop = asyncio.get_running_loop()
         engine = Engine(
             self.provider,
             self.config,
@@ -154,17 +160,20 @@ class Job:
             report=self.report,
             cache=self.cache,
         )
-        self.engine = engine
-        while self._pending:
-            self._pending.popleft()(engine)
+        with self._starting:
+            self._loop = asyncio.get_running_loop()
+            self.engine = engine
+            while self._pending:
+                self._pending.popleft()(engine)
         display = self.panel or ProgressBar(engine.stats, enabled=self.progress)
         try:
             async with display:
                 await engine.run(self.plan.requests(self.config.params))
-        except (asyncio.CancelledError, RunError) as exc:
+        except BaseException as exc:  # interrupted, a run error, or a bug: keep what is done
             result = self._finish(engine, started)
-            if isinstance(exc, RunError):
+            if not isinstance(exc, asyncio.CancelledError):
                 self._failed = True
+            if isinstance(exc, RunError):
                 exc.partial = result
             if self.panel is not None:
                 self.panel.show(error=exc)

@@ -245,3 +245,37 @@ def test_interrupted_writes_leave_a_sound_file(tmp_path: Path) -> None:
     writer.wait(timeout=10)
     assert integrity(path) == "ok"
     assert Cache(path).info()["entries"] > 0
+
+
+def test_a_put_as_the_writer_retires_is_still_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Cache, "IDLE_S", 0.01)
+    cache = Cache(tmp_path / "idle.sqlite")
+    reply = Completion(text="x", model="m")
+    for i in range(200):  # many puts land while a writer is deciding to retire
+        cache.put(f"k{i}", "demo", "m", reply)
+        time.sleep(0.0005 * (i % 30))
+    done = threading.Event()
+    threading.Thread(target=lambda: (cache.flush(), done.set()), daemon=True).start()
+    assert done.wait(10), "flush() hung: a record was queued with no writer left"
+    assert cache.info()["entries"] == 200
+
+
+async def test_a_model_switched_mid_run_is_cached_under_the_model_used(tmp_path: Path) -> None:
+    path = tmp_path / "switch.sqlite"
+    demo = kit.DemoProvider(latency=0.05)
+    df = prompts(40)
+    job = kit.start(df, "prompt", provider=demo, concurrency=2, cache=path, progress=False)
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if job.stats and job.stats.done >= 10:
+            break
+    job.set_model("demo-large")
+    first = await job
+    assert {"demo", "demo-large"} <= set(first["model"])
+    again = await kit.run_df(df, "prompt", provider=demo, model="demo", cache=path, progress=False)
+    used_demo = first["model"] == "demo"
+    assert again.loc[used_demo, "cached"].all()
+    assert not again.loc[~used_demo, "cached"].any()  # demo-large replies are not demo's
+    assert again["model"].eq("demo").all()

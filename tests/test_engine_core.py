@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import pandas as pd
+import pytest
 
 import notebook_kit as kit
 from notebook_kit.config import Limits, RunConfig
@@ -122,3 +123,31 @@ async def test_stop_cancels_in_flight_and_keeps_finished_rows() -> None:
     assert statuses.count(RowStatus.CANCELLED) == 4  # the ones in flight
     assert len(engine.results) < 100  # rows never started stay unrun
     assert spy.in_flight == 0
+
+
+async def test_a_failure_mid_run_stops_every_row_and_keeps_finished_ones() -> None:
+    spy = SpyProvider(latency=0.05)
+    config = RunConfig(model="spy", limits=Limits(concurrency=3))
+    engine = Engine(spy, config, total=20, report=RunReport(run_id="t"))
+
+    def requests() -> Iterator[Request]:
+        for i in range(20):
+            if i == 12:
+                raise ValueError("the input broke at row 12")
+            yield Request(key=i, messages=[{"role": "user", "content": f"x{i}"}])
+
+    with pytest.raises(ValueError, match="row 12"):
+        await engine.run(requests())
+    assert spy.in_flight == 0  # nothing keeps running (and paying) after the failure
+    assert not [t for t in asyncio.all_tasks() if "Engine._row" in repr(t.get_coro())]
+    assert sum(r.status is RowStatus.OK for r in engine.results.values()) >= 6
+
+
+async def test_raising_the_budget_does_not_undo_a_users_pause() -> None:
+    engine = Engine(SpyProvider(), RunConfig(model="spy"), total=1, report=RunReport(run_id="t"))
+    engine.pause()
+    engine.stats.budget_reached = True
+    engine.set_budget(5.0)
+    assert engine.gate.paused
+    engine.resume()
+    assert not engine.gate.paused

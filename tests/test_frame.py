@@ -89,6 +89,14 @@ async def test_empty_and_missing_prompts_are_skipped() -> None:
     assert result["attempts"].tolist() == [1, 0, 0, 0, 0, 0]
 
 
+async def test_a_template_that_does_not_fit_a_row_fails_only_that_row() -> None:
+    df = pd.DataFrame({"price": [1.5, "n/a", 3]}, dtype=object)
+    result = await run(df, template="Cost: {price:.2f}")
+    assert result["status"].tolist() == ["ok", "error", "ok"]
+    assert result["error_type"].iloc[1] == "invalid_input"
+    assert "does not fit this row" in result["error"].iloc[1]
+
+
 async def test_template_with_an_empty_field_skips_the_row() -> None:
     df = pd.DataFrame({"a": ["x", None]})
     result = await run(df, template="Say {a}")

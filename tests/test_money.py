@@ -111,6 +111,59 @@ async def test_a_background_job_pauses_at_the_budget_and_goes_on_when_raised(
     assert (result["status"] == "ok").all()
 
 
+async def test_retry_failed_takes_a_budget_and_refuses_what_cannot_change(
+    server: FakeLLMServer,
+) -> None:
+    df = pd.DataFrame({"prompt": ["[[status=500 times=1]] q", "fine"]})
+    first = await run(server, df, max_attempts=1, max_tokens=20)
+    fixed = await kit.retry_failed(first, budget_usd=5.0, adaptive=False, progress=False)
+    meta = fixed.attrs["notebook_kit"]
+    assert meta["budget_usd"] == 5.0 and meta["adaptive"] is False
+    assert "budget_usd" not in meta["params"] and "adaptive" not in meta["params"]
+    assert (fixed["status"] == "ok").all()
+    with pytest.raises(kit.ConfigError, match="output_col"):
+        await kit.retry_failed(first, output_col="answer")
+
+
+async def test_a_budget_set_mid_run_counts_what_was_already_spent(
+    server: FakeLLMServer,
+) -> None:
+    server.configure(latency=0.05)
+    job = kit.start(
+        prompts(60),
+        "prompt",
+        base_url=server.openai_base_url,
+        api_key=KEY,
+        model="test-model",
+        max_tokens=20,
+        cache=False,
+        concurrency=2,
+    )
+    await eventually(lambda: bool(job.stats and job.stats.done >= 10))
+    spent = billed(server)
+    job.set_budget(spent + 0.05)  # only five cents more
+    await eventually(lambda: job.state == "paused at the budget")
+    await asyncio.sleep(0.2)
+    assert billed(server) <= spent + 0.05 + 1e-9
+    job.cancel()
+    result = await job
+    assert (result["status"] == "cancelled").any()
+
+
+async def test_set_budget_needs_a_ceiling(server: FakeLLMServer) -> None:
+    job = kit.start(
+        prompts(3),
+        "prompt",
+        base_url=server.openai_base_url,
+        api_key=KEY,
+        model="test-model",
+        cache=False,
+    )
+    with pytest.raises(kit.ConfigError, match="max_tokens"):
+        job.set_budget(1.0)
+    await job
+
+
 async def test_budget_needs_a_ceiling_and_a_price(server: FakeLLMServer) -> None:
     with pytest.raises(kit.ConfigError, match="max_tokens"):
         await run(server, prompts(2), budget_usd=1.0)
