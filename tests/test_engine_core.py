@@ -51,6 +51,16 @@ class SpyProvider(Provider):
         return Completion(text=prompt.upper(), model=request.model)
 
 
+def engine_for(spy: SpyProvider, *, concurrency: int, rows: int) -> tuple[Engine, list[Request]]:
+    """An engine over `rows` distinct requests (identical ones would be sent only once)."""
+    config = RunConfig(model="spy", limits=Limits(concurrency=concurrency))
+    engine = Engine(spy, config, total=rows, report=RunReport(run_id="t"))
+    requests = [
+        Request(key=i, messages=[{"role": "user", "content": f"x{i}"}]) for i in range(rows)
+    ]
+    return engine, requests
+
+
 async def test_pending_rows_are_not_tasks() -> None:
     spy = SpyProvider()
     n = 100_000
@@ -74,9 +84,7 @@ async def test_an_unexpected_error_fails_its_row_and_the_run_goes_on() -> None:
 
 async def test_concurrency_can_be_raised_and_lowered_mid_run() -> None:
     spy = SpyProvider(latency=0.02)
-    config = RunConfig(model="spy", limits=Limits(concurrency=2))
-    engine = Engine(spy, config, total=300, report=RunReport(run_id="t"))
-    requests = [Request(key=i, messages=[{"role": "user", "content": f"x{i}"}]) for i in range(300)]
+    engine, requests = engine_for(spy, concurrency=2, rows=300)
     run = asyncio.create_task(engine.run(requests))
     await asyncio.sleep(0.1)
     assert spy.peak_in_flight == 2
@@ -94,9 +102,7 @@ async def test_concurrency_can_be_raised_and_lowered_mid_run() -> None:
 async def test_stop_right_after_a_row_task_was_created_frees_its_slot() -> None:
     """A task cancelled before its first step never runs its body: its slot must still free."""
     spy = SpyProvider(latency=0.05)
-    config = RunConfig(model="spy", limits=Limits(concurrency=2))
-    engine = Engine(spy, config, total=50, report=RunReport(run_id="t"))
-    requests = [Request(key=i, messages=[{"role": "user", "content": f"x{i}"}]) for i in range(50)]
+    engine, requests = engine_for(spy, concurrency=2, rows=50)
     run = asyncio.create_task(engine.run(requests))
     for _ in range(200):  # catch the moment the dispatcher has just made new row tasks
         await asyncio.sleep(0)
@@ -111,9 +117,7 @@ async def test_stop_right_after_a_row_task_was_created_frees_its_slot() -> None:
 
 async def test_stop_cancels_in_flight_and_keeps_finished_rows() -> None:
     spy = SpyProvider(latency=0.05)
-    config = RunConfig(model="spy", limits=Limits(concurrency=4))
-    engine = Engine(spy, config, total=100, report=RunReport(run_id="t"))
-    requests = [Request(key=i, messages=[{"role": "user", "content": f"x{i}"}]) for i in range(100)]
+    engine, requests = engine_for(spy, concurrency=4, rows=100)
     run = asyncio.create_task(engine.run(requests))
     await asyncio.sleep(0.18)
     engine.stop()
@@ -127,8 +131,7 @@ async def test_stop_cancels_in_flight_and_keeps_finished_rows() -> None:
 
 async def test_a_failure_mid_run_stops_every_row_and_keeps_finished_ones() -> None:
     spy = SpyProvider(latency=0.05)
-    config = RunConfig(model="spy", limits=Limits(concurrency=3))
-    engine = Engine(spy, config, total=20, report=RunReport(run_id="t"))
+    engine, _ = engine_for(spy, concurrency=3, rows=20)
 
     def requests() -> Iterator[Request]:
         for i in range(20):
@@ -144,7 +147,7 @@ async def test_a_failure_mid_run_stops_every_row_and_keeps_finished_ones() -> No
 
 
 async def test_raising_the_budget_does_not_undo_a_users_pause() -> None:
-    engine = Engine(SpyProvider(), RunConfig(model="spy"), total=1, report=RunReport(run_id="t"))
+    engine, _ = engine_for(SpyProvider(), concurrency=1, rows=1)
     engine.pause()
     engine.stats.budget_reached = True
     engine.set_budget(5.0)

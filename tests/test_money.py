@@ -28,6 +28,19 @@ def prompts(n: int, prefix: str = "question") -> pd.DataFrame:
     return pd.DataFrame({"prompt": [f"{prefix} {i}" for i in range(n)]})
 
 
+def start(server: FakeLLMServer, df: pd.DataFrame, **kwargs: Any) -> kit.Job:
+    """A background job on the priced test model, cache off."""
+    return kit.start(
+        df,
+        "prompt",
+        base_url=server.openai_base_url,
+        api_key=KEY,
+        model="test-model",
+        cache=False,
+        **kwargs,
+    )
+
+
 async def run(server: FakeLLMServer, df: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
     kwargs.setdefault("progress", False)
     kwargs.setdefault("model", "test-model")
@@ -87,17 +100,7 @@ async def test_a_background_job_pauses_at_the_budget_and_goes_on_when_raised(
     server: FakeLLMServer,
 ) -> None:
     server.configure(latency=0.05)
-    job = kit.start(
-        prompts(40),
-        "prompt",
-        base_url=server.openai_base_url,
-        api_key=KEY,
-        model="test-model",
-        max_tokens=20,
-        budget_usd=0.3,
-        cache=False,
-        panel=True,
-    )
+    job = start(server, prompts(40), max_tokens=20, budget_usd=0.3, panel=True)
     await eventually(lambda: job.state == "paused at the budget")
     panel = job.panel
     assert panel is not None
@@ -129,16 +132,7 @@ async def test_a_budget_set_mid_run_counts_what_was_already_spent(
     server: FakeLLMServer,
 ) -> None:
     server.configure(latency=0.05)
-    job = kit.start(
-        prompts(60),
-        "prompt",
-        base_url=server.openai_base_url,
-        api_key=KEY,
-        model="test-model",
-        max_tokens=20,
-        cache=False,
-        concurrency=2,
-    )
+    job = start(server, prompts(60), max_tokens=20, concurrency=2)
     await eventually(lambda: bool(job.stats and job.stats.done >= 10))
     spent = billed(server)
     job.set_budget(spent + 0.05)  # only five cents more
@@ -151,14 +145,7 @@ async def test_a_budget_set_mid_run_counts_what_was_already_spent(
 
 
 async def test_set_budget_needs_a_ceiling(server: FakeLLMServer) -> None:
-    job = kit.start(
-        prompts(3),
-        "prompt",
-        base_url=server.openai_base_url,
-        api_key=KEY,
-        model="test-model",
-        cache=False,
-    )
+    job = start(server, prompts(3))
     with pytest.raises(kit.ConfigError, match="max_tokens"):
         job.set_budget(1.0)
     await job
