@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER = ROOT / "tests" / "fake_llm_server.py"
+TESTS = ROOT / "tests"  # holds the fake_server package, run as `python -m fake_server`
 KEY = "bench-key"
 
 
@@ -109,7 +109,8 @@ def fake_server(*settings: str) -> Iterator[str]:
     server = subprocess.Popen(
         [
             sys.executable,
-            str(SERVER),
+            "-m",
+            "fake_server",
             "--port",
             "0",
             "--latency-median",
@@ -118,6 +119,7 @@ def fake_server(*settings: str) -> Iterator[str]:
             "0.5",
             *settings,
         ],
+        cwd=TESTS,
         stdout=subprocess.PIPE,
         text=True,
     )

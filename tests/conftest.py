@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from fake_llm_server import FakeLLMServer
+from fake_server import FakeLLMServer
 
 KEY = "sk-test-SENTINEL-0123456789abcdef"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from conftest import KEY
-from fake_llm_server import FakeLLMServer
+from fake_server import FakeLLMServer
 
 pytestmark = pytest.mark.browser
 

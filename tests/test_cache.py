@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import KEY
-from fake_llm_server import FakeLLMServer
+from fake_server import FakeLLMServer
 
 import notebook_kit as kit
 from notebook_kit.cache import Cache

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import KEY, eventually
-from fake_llm_server import FakeLLMServer
+from fake_server import FakeLLMServer
 
 import notebook_kit as kit
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import KEY
-from fake_llm_server import FakeLLMServer
+from fake_server import FakeLLMServer
 from kernel_harness import OLD_KERNEL, Kernel, old_kernel_python
 
 pytestmark = pytest.mark.kernel

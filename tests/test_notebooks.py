@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import KEY
-from fake_llm_server import FakeLLMServer
+from fake_server import FakeLLMServer
 from nbclient import NotebookClient
 
 pytestmark = pytest.mark.kernel

@@ -7,7 +7,7 @@ import traceback
 
 import pandas as pd
 import pytest
-from fake_llm_server import FakeLLMServer
+from fake_server import FakeLLMServer
 
 import notebook_kit as kit
 

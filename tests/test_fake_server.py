@@ -17,7 +17,7 @@ import openai
 import pytest
 from anthropic.types import Message, MessageParam
 from conftest import eventually
-from fake_llm_server import FakeLLMServer
+from fake_server import FakeLLMServer
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 MODEL = "test-model"
@@ -445,11 +445,11 @@ def test_bad_settings_are_refused() -> None:
 
 
 async def test_subprocess_mode() -> None:
-    script = Path(__file__).with_name("fake_llm_server.py")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(script),
+        *["-m", "fake_server"],
         *["--port", "0", "--latency", "0.05", "--api-key", "k", "--rpm-limit", "600"],
+        cwd=Path(__file__).parent,
         stdout=asyncio.subprocess.PIPE,
     )
     try:

@@ -1,0 +1,43 @@
+"""Fake OpenAI- and Anthropic-compatible HTTP server for tests and benchmarks.
+
+It injects faults (at random, or per prompt through directives), enforces rate
+limits and counts what really happened on the wire.
+
+In-process::
+
+    with FakeLLMServer(latency=0.2, rate_500=0.1, seed=1) as server:
+        client = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key="k")
+        ...
+        server.stats()["peak_in_flight"]
+
+As a subprocess, ``python -m fake_server --port 0 --latency 0.2`` (with ``tests/``
+on ``sys.path``: ``cwd=tests`` or ``PYTHONPATH=tests``) prints
+``READY http://127.0.0.1:PORT`` once listening and serves until killed.
+Other processes use ``GET /_stats``, ``POST /_reset`` and ``GET``/``POST /_config``.
+
+Endpoints: ``POST /v1/chat/completions`` (OpenAI) and ``POST /v1/messages``
+(Anthropic). The order of checks per request: API key (401), model (404),
+quota, rate limits (429), then one fault: a directive's, else a random one.
+4xx answers are immediate; successes, 5xx, malformed bodies and resets come
+after the latency; hangs never answer. A request is in flight from arrival
+until its response is written or its connection is gone.
+
+Directives: ``[[...]]`` blocks in the last user message override random faults
+for that prompt, e.g. ``[[status=500 times=2]]`` (fail the first two attempts
+of this prompt), ``[[429 retry_after=1.5]]``, ``[[quota]]``, ``[[reset]]``,
+``[[hang times=1]]``, ``[[malformed]]``, ``[[content_filter]]``,
+``[[latency=0.5]]``, ``[[finish=length]]``, ``[[finish=content_filter]]``,
+``[[tokens=500]]``. An unknown directive gets a 400.
+
+Modules: ``server`` (lifecycle, routes, control endpoints), ``core`` (the
+per-request pipeline: directives, limits, faults, latency, in-flight
+accounting), ``settings``, ``state`` (rate-limit windows, stats), ``api`` (the
+seam each API module implements) and one module per API: ``openai_chat``,
+``anthropic_messages``. A new API is an ``api.Api`` subclass in its own module,
+listed in ``server.APIS``.
+"""
+
+from .server import FakeLLMServer
+from .settings import Settings
+
+__all__ = ["FakeLLMServer", "Settings"]

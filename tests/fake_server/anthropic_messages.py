@@ -1,0 +1,72 @@
+"""Anthropic Messages: ``POST /v1/messages``."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from .api import Api, ApiError, ChatRequest, Reply
+from .settings import Finish
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+STOP_REASONS: dict[Finish, str] = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "content_filter": "refusal",
+}
+
+
+class AnthropicMessages(Api):
+    """Bodies, errors and ``anthropic-ratelimit-*`` headers as Anthropic sends them."""
+
+    path = "/v1/messages"
+    request_id_header = "request-id"
+
+    def success_body(
+        self, rid: int, chat: ChatRequest, reply: Reply, *, usage: bool
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": f"msg_{rid}",
+            "type": "message",
+            "role": "assistant",
+            "model": chat.model,
+            "content": [{"type": "text", "text": reply.text}],
+            "stop_reason": STOP_REASONS[reply.finish],
+            "stop_sequence": None,
+        }
+        if usage:
+            body["usage"] = {
+                "input_tokens": chat.input_tokens,
+                "output_tokens": reply.output_tokens,
+            }
+        return body
+
+    def error_body(self, error: ApiError) -> dict[str, Any]:
+        default = "api_error" if error.status >= 500 else "invalid_request_error"
+        error_type = ERROR_TYPES.get(error.status, default)
+        return {"type": "error", "error": {"type": error_type, "message": error.message}}
+
+    def quota_error(self) -> ApiError:
+        return ApiError(400, "Your credit balance is too low to access the Anthropic API.")
+
+    def rate_limit_headers(
+        self, kind: str, limit: int, remaining: int, reset: float
+    ) -> dict[str, str]:
+        return {
+            f"anthropic-ratelimit-{kind}-limit": str(limit),
+            f"anthropic-ratelimit-{kind}-remaining": str(remaining),
+            f"anthropic-ratelimit-{kind}-reset": _rfc3339(time.time() + reset),
+        }
+
+
+def _rfc3339(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

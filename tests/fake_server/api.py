@@ -1,0 +1,134 @@
+"""The seam between the server and one API's wire format.
+
+Each API the server speaks is an `Api` subclass in its own module, listed in
+``server.APIS``: its route, its request-id header, and how it renders success
+bodies, error bodies and rate-limit headers. The server does everything else
+(directives, limits, faults, latency, stats) the same way for every API.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from .settings import DIRECTIVE, Directive, Finish
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """The parts of a chat request the server uses (either API's body shape)."""
+
+    model: str
+    prompt: str  # text of the last user message
+    input_tokens: int
+    max_tokens: int | None
+    api_key: str | None
+
+    @classmethod
+    def parse(cls, body: dict[str, Any], api_key: str | None) -> ChatRequest:
+        """Read a request body."""
+        messages = [m for m in body["messages"] if isinstance(m, dict)]
+        texts = [_text(m.get("content")) for m in messages] + [_text(body.get("system"))]
+        prompts = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        return cls(
+            model=str(body.get("model", "")),
+            prompt=prompts[-1] if prompts else "",
+            input_tokens=max(1, sum(map(len, texts)) // 4),
+            max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+            api_key=api_key,
+        )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the fake model answers, before an API renders it."""
+
+    text: str
+    output_tokens: int  # one per word
+    finish: Finish
+
+    @classmethod
+    def to(cls, chat: ChatRequest, directive: Directive | None) -> Reply:
+        """The reply to `chat`, as far as its directive and max_tokens allow."""
+        words = f"Reply to: {DIRECTIVE.sub('', chat.prompt).strip()[:60]}".split()
+        tokens = len(words)
+        finish: Finish = "stop"
+        if directive is not None:
+            tokens = directive.tokens if directive.tokens is not None else tokens
+            finish = directive.finish or finish
+        if chat.max_tokens is not None and chat.max_tokens < tokens:
+            tokens, finish = chat.max_tokens, "length"
+        words = (words + ["more"] * tokens)[:tokens]
+        return cls(" ".join(words), tokens, finish)
+
+
+@dataclass(frozen=True)
+class ApiError:
+    """An error answer, before an API renders it."""
+
+    status: int
+    message: str
+    code: str | None = None
+    openai_type: str | None = None  # OpenAI's free-form error type; other APIs derive theirs
+    retry_after: float | None = None
+
+
+class Api(ABC):
+    """One API the server speaks."""
+
+    path: ClassVar[str]  # the POST route
+    request_id_header: ClassVar[str]  # carries "req_<n>" on every answer
+
+    @abstractmethod
+    def success_body(
+        self, rid: int, chat: ChatRequest, reply: Reply, *, usage: bool
+    ) -> dict[str, Any]:
+        """The JSON body of a successful answer (with token usage if `usage`)."""
+
+    @abstractmethod
+    def error_body(self, error: ApiError) -> dict[str, Any]:
+        """The JSON body of an error answer."""
+
+    @abstractmethod
+    def quota_error(self) -> ApiError:
+        """The answer when the account is out of credit."""
+
+    @abstractmethod
+    def rate_limit_headers(
+        self, kind: str, limit: int, remaining: int, reset: float
+    ) -> dict[str, str]:
+        """Headers for one rate limit: `kind` is "requests" or "tokens", `limit` per
+        minute, `remaining` in the current window, `reset` seconds until it is empty."""
+
+
+def api_key(request: web.Request) -> str | None:
+    """The x-api-key header, else the Authorization bearer token (either SDK may send it)."""
+    if "x-api-key" in request.headers:
+        return request.headers["x-api-key"]
+    auth = request.headers.get("Authorization")
+    return None if auth is None else auth.removeprefix("Bearer ")
+
+
+def seconds(value: float) -> str:
+    """Seconds with at most millisecond precision: "1.5", "2", "0.125"."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def milliseconds(value: float) -> int:
+    """Seconds as whole milliseconds, rounded up (float noise ignored)."""
+    return math.ceil(round(value * 1000, 6))
+
+
+def _text(content: object) -> str:
+    """The text of message content: a string or a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [part.get("text") for part in content if isinstance(part, dict)]
+        return "\n".join(part for part in parts if isinstance(part, str))
+    return ""

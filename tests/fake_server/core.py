@@ -1,0 +1,280 @@
+"""The server's state, and what it does with each chat request whatever the API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import math
+import random
+import threading
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .api import Api, ApiError, ChatRequest, Reply, api_key, milliseconds, seconds
+from .settings import RANDOM_FAULTS, Directive, Fault, Settings
+from .state import Stats, Window
+
+
+class Core:
+    """Settings, stats and rate-limit windows (guarded by one lock), and the request pipeline:
+    the order of checks, fault picking, latency and in-flight accounting."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._rng = random.Random(settings.seed)
+        self._stats = Stats()
+        self._requests = Window()
+        self._tokens = Window()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def configure(self, **settings: Any) -> Settings:
+        """Change settings (unknown names: TypeError; bad values: ValueError)."""
+        with self._lock:
+            self._settings = dataclasses.replace(self._settings, **settings)
+            if "seed" in settings:
+                self._rng = random.Random(self._settings.seed)
+            return self._settings
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the stats."""
+        with self._lock:
+            return self._stats.to_json()
+
+    def reset_stats(self) -> None:
+        """Clear the stats, the per-prompt attempt counts and the rate-limit windows."""
+        with self._lock:
+            in_flight = self._stats.in_flight
+            self._stats = Stats(in_flight=in_flight, peak_in_flight=in_flight)
+            self._requests = Window()
+            self._tokens = Window()
+
+    # -- the pipeline ----------------------------------------------------------
+
+    async def handle(self, api: Api, request: web.Request) -> web.StreamResponse:
+        """Answer a chat request; it is in flight until written or cancelled."""
+        raw = await request.read()
+        arrival = self._enter()
+        try:
+            response = await self._respond(request, api, raw, arrival)
+            with contextlib.suppress(ConnectionError):  # client gone or connection reset
+                await response.prepare(request)
+                await response.write_eof()
+            return response
+        except asyncio.CancelledError:
+            with self._lock:
+                self._stats.disconnects += 1
+            raise
+        finally:
+            self._leave()
+
+    async def _respond(
+        self, request: web.Request, api: Api, raw: bytes, arrival: float
+    ) -> web.Response:
+        rid = next(self._ids)
+        try:
+            body = json.loads(raw)
+            if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+                raise ValueError("the body must be a JSON object with a 'messages' list")
+            chat = ChatRequest.parse(body, api_key(request))
+            directive = Directive.parse(chat.prompt)
+        except ValueError as exc:
+            return self._error(api, rid, ApiError(400, f"Invalid request: {exc}"))
+
+        with self._lock:
+            settings = self._settings
+            stats = self._stats
+            if chat.api_key is not None:
+                stats.keys_seen.add(chat.api_key)
+            attempt = stats.attempts_by_prompt.get(chat.prompt, 0) + 1
+            stats.attempts_by_prompt[chat.prompt] = attempt
+            stats.max_tokens_seen.append(chat.max_tokens)
+            rejection = self._rejection(api, settings, chat, arrival)
+            fault = self._pick_fault(settings, directive, attempt) if rejection is None else None
+        if rejection is not None:
+            return self._error(api, rid, rejection)
+
+        retry_after = settings.retry_after
+        if directive is not None and directive.retry_after is not None:
+            retry_after = directive.retry_after
+        error = _fault_error(api, fault, retry_after)
+        if error is not None and error.status < 500:
+            return self._error(api, rid, error)
+        if fault == "hang":
+            with self._lock:
+                self._stats.hangs += 1
+            await asyncio.Event().wait()  # until aiohttp cancels us on disconnect
+        await self._sleep(settings, directive)
+        if fault == "reset":
+            with self._lock:
+                self._stats.resets += 1
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response()  # never sent: the connection is gone
+        if error is not None:
+            return self._error(api, rid, error)
+        return self._success(api, rid, settings, chat, directive, malformed=fault == "malformed")
+
+    def _rejection(
+        self, api: Api, settings: Settings, chat: ChatRequest, now: float
+    ) -> ApiError | None:
+        """The auth, model, quota or rate-limit error, if any; called with the lock held."""
+        if settings.api_key is not None and chat.api_key != settings.api_key:
+            return ApiError(401, f"Incorrect API key provided: {chat.api_key}", "invalid_api_key")
+        if settings.models is not None and chat.model not in settings.models:
+            message = f"The model `{chat.model}` does not exist or you do not have access to it."
+            return ApiError(404, message, "model_not_found")
+        if settings.quota_exhausted:
+            return api.quota_error()
+        limits = self._limits(settings, chat.input_tokens)
+        for kind, window, per_minute, capacity, cost in limits:
+            if window.used(now, settings.rate_window) + cost > capacity:
+                wait = window.wait(cost, capacity, now, settings.rate_window)
+                message = (
+                    f"Rate limit reached on {kind} per min (limit {per_minute}). "
+                    f"Please try again in {seconds(wait)}s."
+                )
+                return ApiError(429, message, "rate_limit_exceeded", kind, retry_after=wait)
+        for _, window, _, _, cost in limits:
+            window.entries.append((now, cost))
+        return None
+
+    def _limits(self, settings: Settings, tokens: int) -> list[tuple[str, Window, int, float, int]]:
+        """(kind, window, limit per minute, window capacity, cost) of each configured limit."""
+        per_window = settings.rate_window / 60
+        limits = [
+            ("requests", self._requests, settings.rpm_limit, 1),
+            ("tokens", self._tokens, settings.tpm_limit, tokens),
+        ]
+        return [
+            (kind, window, limit, limit * per_window, cost)
+            for kind, window, limit, cost in limits
+            if limit is not None
+        ]
+
+    def _pick_fault(
+        self, settings: Settings, directive: Directive | None, attempt: int
+    ) -> Fault | None:
+        """The directive's fault, else a random one; called with the lock held."""
+        if directive is not None:
+            return directive.fault_for(attempt)
+        draw = self._rng.random()
+        for name, fault in RANDOM_FAULTS:
+            draw -= getattr(settings, name)
+            if draw < 0:
+                return fault
+        return None
+
+    async def _sleep(self, settings: Settings, directive: Directive | None) -> None:
+        """Wait out the request's latency, recording it."""
+        with self._lock:
+            if directive is not None and directive.latency is not None:
+                latency = directive.latency
+            elif settings.latency_median is not None:
+                mu = math.log(settings.latency_median)
+                latency = self._rng.lognormvariate(mu, settings.latency_sigma)
+            else:
+                latency = settings.latency
+            self._stats.latencies.append(latency)
+        await asyncio.sleep(latency)
+
+    # -- responses -------------------------------------------------------------
+
+    def _success(
+        self,
+        api: Api,
+        rid: int,
+        settings: Settings,
+        chat: ChatRequest,
+        directive: Directive | None,
+        *,
+        malformed: bool,
+    ) -> web.Response:
+        reply = Reply.to(chat, directive)
+        body = api.success_body(rid, chat, reply, usage=settings.usage)
+        payload = json.dumps(body).encode()
+        with self._lock:
+            self._stats.tokens_billed_input += chat.input_tokens
+            self._stats.tokens_billed_output += reply.output_tokens
+            if malformed:
+                self._stats.malformed += 1
+                payload = payload[: len(payload) // 2]
+        return self._response(api, rid, 200, payload)
+
+    def _error(self, api: Api, rid: int, error: ApiError) -> web.Response:
+        payload = json.dumps(api.error_body(error)).encode()
+        return self._response(api, rid, error.status, payload, error.retry_after)
+
+    def _response(
+        self, api: Api, rid: int, status: int, payload: bytes, retry_after: float | None = None
+    ) -> web.Response:
+        headers = {api.request_id_header: f"req_{rid}"}
+        if retry_after is not None:
+            retry_ms = milliseconds(retry_after)
+            headers["retry-after"] = seconds(retry_ms / 1000)
+            headers["retry-after-ms"] = str(retry_ms)
+        with self._lock:
+            headers.update(self._rate_limit_headers(api))
+            responses = self._stats.responses
+            responses[str(status)] = responses.get(str(status), 0) + 1
+            if status == 429:
+                self._stats.count_429 += 1
+        return web.Response(
+            status=status, body=payload, content_type="application/json", headers=headers
+        )
+
+    def _rate_limit_headers(self, api: Api) -> dict[str, str]:
+        """Headers for each configured rate limit; called with the lock held."""
+        settings = self._settings
+        now = time.monotonic()
+        headers: dict[str, str] = {}
+        if not settings.rate_headers:
+            return headers
+        for kind, window, per_minute, capacity, _ in self._limits(settings, 0):
+            remaining = max(0, math.floor(capacity - window.used(now, settings.rate_window)))
+            reset = window.reset_in(now, settings.rate_window)
+            headers.update(api.rate_limit_headers(kind, per_minute, remaining, reset))
+        return headers
+
+    # -- in-flight accounting --------------------------------------------------
+
+    def _enter(self) -> float:
+        """Count an arriving request; returns its arrival time."""
+        now = time.monotonic()
+        with self._lock:
+            stats = self._stats
+            stats.requests_total += 1
+            stats.arrivals.append(now)
+            stats.in_flight += 1
+            stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+            stats.in_flight_samples.append([now, stats.in_flight])
+        return now
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._stats.in_flight -= 1
+            self._stats.in_flight_samples.append([time.monotonic(), self._stats.in_flight])
+
+
+def _fault_error(api: Api, fault: Fault | None, retry_after: float) -> ApiError | None:
+    """The error answer a fault stands for; None for success, reset, hang and malformed."""
+    if fault == "quota":
+        return api.quota_error()
+    if fault == "content_filter":
+        message = "Your request was rejected as a result of our safety system."
+        return ApiError(400, message, "content_policy_violation")
+    if fault == 429:
+        message = "Rate limit reached for requests (injected)."
+        return ApiError(429, message, "rate_limit_exceeded", "requests", retry_after)
+    if isinstance(fault, int):
+        return ApiError(fault, f"Injected HTTP {fault} error.")
+    return None

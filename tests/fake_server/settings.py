@@ -1,0 +1,109 @@
+"""What the server is told to do: its settings, and the directives in a prompt."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+Finish = Literal["stop", "length", "content_filter"]
+NamedFault = Literal["quota", "content_filter", "reset", "hang", "malformed"]
+Fault = int | NamedFault  # an HTTP status to answer with, or a named fault
+NAMED_FAULTS: tuple[NamedFault, ...] = get_args(NamedFault)
+FINISHES: tuple[Finish, ...] = get_args(Finish)
+
+RANDOM_FAULTS: tuple[tuple[str, Fault], ...] = (
+    ("rate_429", 429),
+    ("rate_500", 500),
+    ("rate_503", 503),
+    ("rate_529", 529),
+    ("rate_reset", "reset"),
+    ("rate_hang", "hang"),
+    ("rate_malformed", "malformed"),
+)
+DIRECTIVE = re.compile(r"\[\[(.*?)\]\]")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server behaviour; every field can be changed at runtime."""
+
+    latency: float = 0.0
+    latency_median: float | None = None  # lognormal latency when set
+    latency_sigma: float = 0.0
+    seed: int | None = None
+    rate_429: float = 0.0
+    retry_after: float = 1.0
+    rate_500: float = 0.0
+    rate_503: float = 0.0
+    rate_529: float = 0.0
+    rate_reset: float = 0.0
+    rate_hang: float = 0.0
+    rate_malformed: float = 0.0
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    rate_window: float = 1.0
+    api_key: str | None = None
+    models: frozenset[str] | None = None
+    quota_exhausted: bool = False
+    usage: bool = True
+    rate_headers: bool = True  # False: enforce rpm/tpm limits without disclosing them
+
+    def __post_init__(self) -> None:
+        if self.models is not None:
+            object.__setattr__(self, "models", frozenset(self.models))
+        rates = [getattr(self, name) for name, _ in RANDOM_FAULTS]
+        if not all(0 <= rate <= 1 for rate in rates) or sum(rates) > 1:
+            raise ValueError("fault rates must be probabilities that sum to at most 1")
+        if min(self.latency, self.latency_sigma, self.retry_after) < 0 or self.rate_window <= 0:
+            raise ValueError("latency, latency_sigma and retry_after must be >= 0, rate_window > 0")
+        if self.latency_median is not None and self.latency_median <= 0:
+            raise ValueError("latency_median must be > 0")
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as a JSON-compatible dict."""
+        data = dataclasses.asdict(self)
+        data["models"] = None if self.models is None else sorted(self.models)
+        return data
+
+
+@dataclass(frozen=True)
+class Directive:
+    """What the ``[[...]]`` blocks of one prompt ask for."""
+
+    fault: Fault | None = None
+    times: int | None = None  # the fault hits only the first `times` attempts
+    retry_after: float | None = None
+    latency: float | None = None
+    finish: Finish | None = None
+    tokens: int | None = None
+
+    @classmethod
+    def parse(cls, prompt: str) -> Directive | None:
+        """The prompt's directive, None without one; ValueError if unknown."""
+        blocks = DIRECTIVE.findall(prompt)
+        if not blocks:
+            return None
+        fields: dict[str, Any] = {}
+        for token in " ".join(blocks).split():
+            key, _, value = token.partition("=")
+            if not value and key == "429":
+                fields["fault"] = 429
+            elif not value and key in NAMED_FAULTS:
+                fields["fault"] = key
+            elif key == "status":
+                fields["fault"] = int(value)
+            elif key in ("times", "tokens"):
+                fields[key] = int(value)
+            elif key in ("retry_after", "latency"):
+                fields[key] = float(value)
+            elif key == "finish" and value in FINISHES:
+                fields[key] = value
+            else:
+                raise ValueError(f"unknown directive {token!r}")
+        return cls(**fields)
+
+    def fault_for(self, attempt: int) -> Fault | None:
+        """The fault for the prompt's `attempt`-th request (counting from 1)."""
+        return self.fault if self.times is None or attempt <= self.times else None

@@ -1,0 +1,63 @@
+"""What the server keeps between requests: rate-limit windows and stats."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Window:
+    """Admitted (arrival time, cost) pairs of a sliding rate-limit window."""
+
+    entries: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def used(self, now: float, width: float) -> int:
+        """Total cost admitted in (now - width, now]."""
+        while self.entries and self.entries[0][0] <= now - width:
+            self.entries.popleft()
+        return sum(cost for _, cost in self.entries)
+
+    def wait(self, cost: int, capacity: float, now: float, width: float) -> float:
+        """Seconds until `cost` more fits (a full window if it never does)."""
+        excess = self.used(now, width) + cost - capacity
+        for arrival, admitted in self.entries:
+            excess -= admitted
+            if excess <= 0:
+                return arrival + width - now
+        return width
+
+    def reset_in(self, now: float, width: float) -> float:
+        """Seconds until the window is empty again."""
+        return self.entries[-1][0] + width - now if self.entries else 0.0
+
+
+@dataclass
+class Stats:
+    """What happened on the wire since the last reset."""
+
+    requests_total: int = 0
+    responses: dict[str, int] = field(default_factory=dict)  # by status code
+    count_429: int = 0
+    resets: int = 0
+    hangs: int = 0
+    malformed: int = 0
+    disconnects: int = 0  # handlers cancelled: the client went away (or the server stopped)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    in_flight_samples: list[list[float]] = field(default_factory=list)  # [t, level]
+    attempts_by_prompt: dict[str, int] = field(default_factory=dict)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic()
+    keys_seen: set[str] = field(default_factory=set)
+    tokens_billed_input: int = 0
+    tokens_billed_output: int = 0
+    latencies: list[float] = field(default_factory=list)
+    max_tokens_seen: list[int | None] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-compatible deep copy."""
+        data = dataclasses.asdict(self)
+        data["keys_seen"] = sorted(self.keys_seen)
+        return data
