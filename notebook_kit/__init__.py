@@ -12,50 +12,81 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
     from .api import (
-        cache_info,
-        clear_cache,
-        controls,
-        estimate,
-        last_job,
-        last_report,
-        last_result,
-        report,
-        retry_failed,
-        run_df,
-        run_df_sync,
-        start,
+        cache_info as cache_info,
+        clear_cache as clear_cache,
+        controls as controls,
+        estimate as estimate,
+        last_job as last_job,
+        last_report as last_report,
+        last_result as last_result,
+        report as report,
+        retry_failed as retry_failed,
+        run_df as run_df,
+        run_df_sync as run_df_sync,
+        start as start,
     )
-    from .cache import Cache
-    from .config import Limits, RetryPolicy, RunConfig
+    from .cache import (
+        Cache as Cache,
+    )
+    from .config import (
+        Limits as Limits,
+        RetryPolicy as RetryPolicy,
+        RunConfig as RunConfig,
+    )
     from .errors import (
-        AuthError,
-        CallError,
-        ConfigError,
-        MissingKeyError,
-        ModelNotFoundError,
-        NotebookKitError,
-        QuotaError,
-        RunError,
+        AuthError as AuthError,
+        CallError as CallError,
+        ConfigError as ConfigError,
+        MissingKeyError as MissingKeyError,
+        ModelNotFoundError as ModelNotFoundError,
+        NotebookKitError as NotebookKitError,
+        QuotaError as QuotaError,
+        RunError as RunError,
     )
-    from .job import Job
-    from .pricing import set_price
-    from .providers import AnthropicProvider, DemoProvider, OpenAIProvider, Provider
-    from .reporting import RunReport
-    from .session import SessionDefaults, defaults
-    from .timeline import plot_timeline
-    from .types import ErrorType, RowStatus
+    from .job import (
+        Job as Job,
+    )
+    from .options import (
+        RunOptions as RunOptions,
+    )
+    from .pricing import (
+        set_price as set_price,
+    )
+    from .providers import (
+        AnthropicProvider as AnthropicProvider,
+        DemoProvider as DemoProvider,
+        OpenAIProvider as OpenAIProvider,
+        Provider as Provider,
+    )
+    from .reporting import (
+        RunReport as RunReport,
+        Snapshot as Snapshot,
+    )
+    from .session import (
+        SessionDefaults as SessionDefaults,
+        defaults as defaults,
+    )
+    from .timeline import (
+        plot_timeline as plot_timeline,
+    )
+    from .types import (
+        ErrorType as ErrorType,
+        RowStatus as RowStatus,
+    )
 
 __version__ = "0.1.0"
 
 _HOMES = {
     "AnthropicProvider": "providers",
     "AuthError": "errors",
+    "Cache": "cache",
     "CallError": "errors",
     "ConfigError": "errors",
     "DemoProvider": "providers",
     "ErrorType": "types",
+    "Job": "job",
     "Limits": "config",
     "MissingKeyError": "errors",
     "ModelNotFoundError": "errors",
@@ -67,16 +98,15 @@ _HOMES = {
     "RowStatus": "types",
     "RunConfig": "config",
     "RunError": "errors",
+    "RunOptions": "options",
     "RunReport": "reporting",
     "SessionDefaults": "session",
-    "Cache": "cache",
+    "Snapshot": "reporting",
     "cache_info": "api",
     "clear_cache": "api",
     "controls": "api",
-    "estimate": "api",
-    "set_price": "pricing",
     "defaults": "session",
-    "Job": "job",
+    "estimate": "api",
     "last_job": "api",
     "last_report": "api",
     "last_result": "api",
@@ -85,6 +115,7 @@ _HOMES = {
     "retry_failed": "api",
     "run_df": "api",
     "run_df_sync": "api",
+    "set_price": "pricing",
     "start": "api",
 }
 

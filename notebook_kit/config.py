@@ -1,29 +1,71 @@
-"""Frozen, keyword-only settings of a run. Change them with `dataclasses.replace`."""
+"""Frozen, keyword-only settings of a run. Change them with `dataclasses.replace`.
+
+Every value is checked when the object is made: a wrong one raises `ConfigError` naming the
+setting and the range it accepts, before any request is sent.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tenacity import RetryCallState
 
 from .errors import ConfigError
 from .pricing import price_of
 
+Wait = Callable[[RetryCallState], float]  # a tenacity wait strategy, e.g. wait_exponential()
+
+
+def whole(name: str, value: object, *, minimum: int) -> int:
+    """`value` if it is an int >= minimum (bools and floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def number(name: str, value: object, *, above: float | None = None, least: float = 0.0) -> float:
+    """`value` as a finite float, > above (if given) else >= least."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and above is not None:
+        ok = float(value) > above  # type: ignore[arg-type]
+    elif ok:
+        ok = float(value) >= least  # type: ignore[arg-type]
+    if not ok:
+        bound = f"> {above:g}" if above is not None else f">= {least:g}"
+        raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """How failed requests are retried (only rate limits, timeouts, 5xx, resets, bad bodies)."""
+    """How failed requests are retried (only rate limits, timeouts, 5xx, resets, bad bodies).
 
-    max_attempts: int = 5  # requests sent per row at most, the first one included
+    429s use no attempts: a row waits them out for at most `rate_limit_patience` seconds.
+    `wait` replaces the exponential backoff with any tenacity wait strategy; a server's
+    Retry-After still wins. There is no `stop`: the two rules above are the stop rule.
+    """
+
+    max_attempts: int = 5  # requests sent per row at most (429s not counted)
     backoff_base: float = 1.0  # first backoff window in seconds; doubles per attempt
     backoff_max: float = 30.0  # longest backoff between two attempts
     retry_after_cap: float = 120.0  # a server's Retry-After longer than this is cut to it
-    rate_limit_patience: float = 600.0  # seconds a row may wait out 429s; they use no attempts
+    rate_limit_patience: float = 600.0  # seconds a row may spend waiting out 429s
+    wait: Wait | None = None
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        if self.backoff_base < 0 or self.backoff_max < 0 or self.retry_after_cap < 0:
-            raise ConfigError("backoff_base, backoff_max and retry_after_cap must be >= 0")
+        whole("max_attempts", self.max_attempts, minimum=1)
+        for name in ("backoff_base", "backoff_max", "retry_after_cap", "rate_limit_patience"):
+            number(name, getattr(self, name))
+        if self.wait is not None and not callable(self.wait):
+            raise ConfigError("wait must be a tenacity wait strategy, e.g. wait_exponential()")
+
+    def describe(self) -> dict[str, Any]:
+        """The numbers, for the result's attrs (a custom `wait` is not stored)."""
+        keys = ("max_attempts", "backoff_base", "backoff_max", "retry_after_cap")
+        return {k: getattr(self, k) for k in (*keys, "rate_limit_patience")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,17 +76,17 @@ class Limits:
     rpm: float | None = None  # requests started per minute at most
     tpm: float | None = None  # estimated tokens per minute at most (input + max_tokens)
     headroom: float = 0.97  # pace rpm/tpm at this fraction of the limit, for clock jitter
-    adaptive: bool = True  # halve concurrency on 429s, raise it back as calls succeed
+    adaptive: bool = True  # lower concurrency on 429s, raise it back as calls succeed
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
+        whole("concurrency", self.concurrency, minimum=1)
         for name in ("rpm", "tpm"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be positive or None, got {value}")
-        if not 0 < self.headroom <= 1:
+            if getattr(self, name) is not None:
+                number(name, getattr(self, name), above=0)
+        if number("headroom", self.headroom, above=0) > 1:
             raise ConfigError(f"headroom must be in (0, 1], got {self.headroom}")
+        if not isinstance(self.adaptive, bool):
+            raise ConfigError(f"adaptive must be True or False, got {self.adaptive!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,17 +102,52 @@ class RunConfig:
     pause_at_budget: bool = False  # a background job pauses at the budget; a run stops
 
     def __post_init__(self) -> None:
-        if self.timeout <= 0:
-            raise ConfigError(f"timeout must be positive, got {self.timeout}")
-        if self.budget_usd is not None and self.budget_usd < 0:
-            raise ConfigError(f"budget_usd must be >= 0, got {self.budget_usd}")
+        number("timeout", self.timeout, above=0)
+        if self.budget_usd is not None:
+            number("budget_usd", self.budget_usd)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as JSON-safe facts for the result's attrs (read by `from_meta`)."""
+        limits = self.limits
+        return {
+            "model": self.model,
+            "params": json_safe(self.params),
+            "concurrency": limits.concurrency,
+            "rpm": limits.rpm,
+            "tpm": limits.tpm,
+            "adaptive": limits.adaptive,
+            "max_attempts": self.retry.max_attempts,
+            "retry": self.retry.describe(),
+            "timeout": self.timeout,
+            "budget_usd": self.budget_usd,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], *, default_model: str) -> RunConfig:
+        """The config a result's attrs describe (the inverse of `describe`)."""
+        retry = dict(meta.get("retry") or {})
+        retry.setdefault("max_attempts", meta.get("max_attempts", RetryPolicy.max_attempts))
+        return cls(
+            model=meta.get("model") or default_model,
+            limits=Limits(
+                concurrency=meta.get("concurrency", Limits.concurrency),
+                rpm=meta.get("rpm"),
+                tpm=meta.get("tpm"),
+                adaptive=meta.get("adaptive", True),
+            ),
+            retry=RetryPolicy(**retry),
+            timeout=meta.get("timeout", RunConfig.timeout),
+            params=dict(meta.get("params") or {}),
+            budget_usd=meta.get("budget_usd"),
+        )
 
 
 def check_budget(config: RunConfig) -> None:
     """A budget can only hold if every request's cost has a known ceiling."""
     if config.budget_usd is None:
         return
-    if not isinstance(config.params.get("max_tokens"), int):
+    max_tokens = config.params.get("max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
         raise ConfigError(
             "budget_usd needs max_tokens=... so that each request's cost has a ceiling"
         )
@@ -79,3 +156,17 @@ def check_budget(config: RunConfig) -> None:
             f"no price is known for model {config.model!r}, so budget_usd cannot be enforced; "
             "add one with kit.set_price(model, input=..., output=...) (USD per 1M tokens)"
         )
+
+
+def json_safe(params: dict[str, Any]) -> dict[str, Any]:
+    """Model parameters as JSON can hold them (other objects by their repr)."""
+    import json
+
+    safe: dict[str, Any] = {}
+    for key, value in params.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            value = repr(value)
+        safe[key] = value
+    return safe

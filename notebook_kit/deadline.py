@@ -11,17 +11,20 @@ from __future__ import annotations
 import asyncio
 from types import TracebackType
 
+from .clock import Cancellable, Clock
+
 STALL = 0.25  # a timer this late means the loop itself was stalled
 GRACE = 1.0  # seconds a stalled request gets to deliver a reply that arrived meanwhile
 
 
 class Deadline:
-    """`async with Deadline(seconds):` raises TimeoutError if the body takes too long."""
+    """`async with Deadline(seconds, clock):` raises TimeoutError if the body takes too long."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, clock: Clock) -> None:
         self._seconds = seconds
+        self._clock = clock
         self._task: asyncio.Task[object] | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: Cancellable | None = None
         self._due = 0.0
         self._expired = False
 
@@ -30,7 +33,7 @@ class Deadline:
         if task is None:
             raise RuntimeError("Deadline must be used inside a task")
         self._task = task
-        self._arm(asyncio.get_running_loop().time() + self._seconds)
+        self._arm(self._clock.now() + self._seconds)
         return self
 
     async def __aexit__(
@@ -47,10 +50,10 @@ class Deadline:
 
     def _arm(self, due: float) -> None:
         self._due = due
-        self._handle = asyncio.get_running_loop().call_at(due, self._on_due)
+        self._handle = self._clock.call_at(due, self._on_due)
 
     def _on_due(self) -> None:
-        now = asyncio.get_running_loop().time()
+        now = self._clock.now()
         if now - self._due > STALL:
             self._arm(now + GRACE)  # we were not running: let pending I/O be read first
             return

@@ -48,6 +48,7 @@ _DTYPES = {
     "cached": "boolean",
 }
 META_KEY = "notebook_kit"
+INPUT_KEYS = ("template", "messages_col", "system", "system_col", "model_col", "output_col")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,10 +70,8 @@ class Plan:
 
     def describe(self) -> dict[str, Any]:
         """The input settings, for the result's attrs (and for `retry_failed`)."""
-        keys = ("prompt", "template", "messages_col", "system", "system_col", "model_col")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None} | {
-            "output_col": self.output_col
-        }
+        keys = ("prompt", *INPUT_KEYS)
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     def requests(self, params: dict[str, Any]) -> Iterator[Request | RowResult]:
         """One item per row, lazily: a request, or a final result for rows that cannot run."""

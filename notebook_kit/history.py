@@ -9,11 +9,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from .config import RunConfig
-    from .job import Job
     from .providers.base import Provider
     from .reporting import RunReport
 
@@ -29,7 +30,6 @@ class RunRecord:
 
 _runs: OrderedDict[str, RunRecord] = OrderedDict()
 _last_frame: list[pd.DataFrame] = []
-_last_job: list[Job] = []
 
 
 def remember(record: RunRecord, frame: pd.DataFrame) -> None:
@@ -55,9 +55,10 @@ def last_record() -> RunRecord | None:
     return next(reversed(_runs.values()), None)
 
 
-def set_last_job(job: Job) -> None:
-    _last_job[:] = [job]
-
-
-def last_job() -> Job | None:
-    return _last_job[0] if _last_job else None
+def report_of(result: pd.DataFrame) -> RunReport:
+    """The run report of a result frame, while this process remembers its run."""
+    meta = result.attrs.get("notebook_kit") or {}
+    record = lookup(meta.get("run_id"))
+    if record is None:
+        raise ConfigError("no report for this frame in this process (reports live in memory)")
+    return record.report

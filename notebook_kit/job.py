@@ -1,35 +1,39 @@
-"""One run over a frame: wires plan, engine and display; takes controls; builds the frames."""
+"""One run over a frame: wires plan and engine, takes controls, builds the frames.
+
+Displays are handed in (`job.display`, set by the public functions): the job knows only
+that a display is an async context manager around the run. Displays read `snapshot()`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
-import json
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Generator
+from contextlib import AbstractAsyncContextManager
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from . import frame as frames
 from . import history
 from .cache import Cache
+from .clock import Clock
 from .config import RunConfig, check_budget
 from .engine import Engine
 from .errors import RunError
 from .pricing import prices_as_of
-from .progress import ProgressBar
 from .providers.base import Provider
-from .reporting import RunReport, RunStats
+from .reporting import RunReport, Snapshot
 from .types import RowStatus
 
-if TYPE_CHECKING:
-    from .ui import Panel
+Display = AbstractAsyncContextManager[object]
 
 
 class Job:
@@ -48,8 +52,9 @@ class Job:
         provider: Provider,
         config: RunConfig,
         *,
-        progress: bool,
         cache: Cache | None = None,
+        progress: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         self.plan = plan
         self.cache = cache
@@ -59,18 +64,19 @@ class Job:
         self.report = RunReport(run_id=uuid.uuid4().hex[:12])
         self.engine: Engine | None = None
         self.result: pd.DataFrame | None = None
-        self.panel: Panel | None = None
+        self.display: Display | None = None  # entered around the run
+        self.panel: Any = None  # the job's ipywidgets panel, when one is shown
         self.task: asyncio.Task[pd.DataFrame] | None = None
+        self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: deque[Callable[[Engine], None]] = deque()  # controls before the start
         self._starting = threading.Lock()  # a control sent while run() starts is not lost
-        self._paused = False
         self._failed = False
 
     def __repr__(self) -> str:
-        stats = self.stats
-        done = f"{stats.done}/{stats.total}" if stats else f"0/{len(self.plan.frame)}"
-        return f"<notebook_kit Job {self.report.run_id} {self.state}, {done} rows done>"
+        snap = self.snapshot()
+        done = f"{snap.done - snap.cancelled}/{snap.total}"
+        return f"<notebook_kit Job {self.report.run_id} {snap.state}, {done} rows done>"
 
     def __await__(self) -> Generator[Any, None, pd.DataFrame]:
         if self.task is None:
@@ -86,10 +92,6 @@ class Job:
         return frames.build(self.plan, dict(results), unfinished=RowStatus.PENDING)
 
     @property
-    def stats(self) -> RunStats | None:
-        return self.engine.stats if self.engine else None
-
-    @property
     def state(self) -> str:
         """queued, running, paused, paused at the budget, stopping, done, stopped or failed."""
         engine = self.engine
@@ -97,13 +99,17 @@ class Job:
             return "failed"
         if self.result is not None:
             return "stopped" if engine and engine.stop_reason else "done"
-        if engine is None:
-            return "queued"
-        if engine.stop_reason:
-            return "stopping"
-        if engine.stats.budget_reached:
-            return "paused at the budget"
-        return "paused" if self._paused else "running"
+        return "queued" if engine is None else engine.state
+
+    def snapshot(self) -> Snapshot:
+        """The run's counters, limits and state now (immutable)."""
+        if self.engine is None:
+            limit = self.config.limits.concurrency
+            snap = Snapshot(state="queued", total=len(self.plan.frame), limit=limit, target=limit)
+        else:
+            snap = self.engine.snapshot()
+        state = self.state
+        return snap if snap.state == state else dataclasses.replace(snap, state=state)
 
     # -- controls (any thread) -----------------------------------------------------------
 
@@ -114,15 +120,13 @@ class Job:
 
     def set_model(self, model: str) -> None:
         """The model for rows not started yet (rows with their own model keep it)."""
-        self._control(lambda engine: setattr(engine, "model", model))
+        self._control(lambda engine: engine.set_model(model))
 
     def pause(self) -> None:
         """Start nothing new; requests in flight finish."""
-        self._paused = True
         self._control(lambda engine: engine.pause())
 
     def resume(self) -> None:
-        self._paused = False
         self._control(lambda engine: engine.resume())
 
     def set_budget(self, usd: float) -> None:
@@ -157,34 +161,28 @@ class Job:
             self.provider,
             self.config,
             total=len(self.plan.frame),
-            report=self.report,
             cache=self.cache,
+            clock=self._clock,
         )
+        self.report.attach(engine.events)
         with self._starting:
             self._loop = asyncio.get_running_loop()
             self.engine = engine
             while self._pending:
                 self._pending.popleft()(engine)
-        display = self.panel or ProgressBar(engine.stats, enabled=self.progress)
-        try:
-            async with display:
+        async with self.display or contextlib.nullcontext():
+            try:
                 await engine.run(self.plan.requests(self.config.params))
-        except BaseException as exc:  # interrupted, a run error, or a bug: keep what is done
-            result = self._finish(engine, started)
-            if not isinstance(exc, asyncio.CancelledError):
-                self._failed = True
-            if isinstance(exc, RunError):
-                exc.partial = result
-            if self.panel is not None:
-                self.panel.show(error=exc)
-            raise
-        result = self._finish(engine, started)
-        if self.panel is not None:
-            self.panel.show()
-        return result
+            except BaseException as exc:  # interrupted, a run error, or a bug: keep what is done
+                result = self._finish(engine, started)
+                if not isinstance(exc, asyncio.CancelledError):
+                    self._failed = True
+                if isinstance(exc, RunError):
+                    exc.partial = result
+                raise
+            return self._finish(engine, started)
 
     def _finish(self, engine: Engine, started: float) -> pd.DataFrame:
-        engine.stats.cancelled += engine.stats.total - len(engine.results)  # never started
         result = frames.build(self.plan, engine.results, reason=engine.stop_reason)
         result.attrs[frames.META_KEY] = self._metadata(engine, result, started)
         self.result = result
@@ -193,29 +191,21 @@ class Job:
 
     def _metadata(self, engine: Engine, result: pd.DataFrame, started: float) -> dict[str, Any]:
         """Small, JSON-safe facts about the run (pandas copies attrs on every operation)."""
-        limits, stats = self.config.limits, engine.stats
+        snap = engine.snapshot()
         return {
             "version": _version("notebook_kit"),
             "run_id": self.report.run_id,
             "provider": self.provider.name,
             "provider_settings": self.provider.describe(),
-            "model": self.config.model,
-            "params": _json_safe(self.config.params),
+            **self.config.describe(),
             **self.plan.describe(),
             "columns": self.plan.added_columns,
-            "concurrency": limits.concurrency,
-            "rpm": limits.rpm,
-            "tpm": limits.tpm,
-            "max_attempts": self.config.retry.max_attempts,
-            "timeout": self.config.timeout,
             "counts": {str(k): int(v) for k, v in result["status"].value_counts().items()},
-            "requests": stats.requests,
-            "input_tokens": stats.input_tokens,
-            "output_tokens": stats.output_tokens,
-            "cost_usd": round(stats.cost_usd, 6),
-            "cached_rows": stats.cached,
-            "budget_usd": self.config.budget_usd,
-            "adaptive": limits.adaptive,
+            "requests": snap.requests,
+            "input_tokens": snap.input_tokens,
+            "output_tokens": snap.output_tokens,
+            "cost_usd": round(snap.cost_usd, 6),
+            "cached_rows": snap.cached,
             "cache": str(self.cache.path) if self.cache else None,
             "prices_as_of": prices_as_of(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -223,17 +213,6 @@ class Job:
             "stopped": engine.stop_reason,
             "libraries": {name: _version(name) for name in ("openai", "anthropic", "pandas")},
         }
-
-
-def _json_safe(params: dict[str, Any]) -> dict[str, Any]:
-    safe: dict[str, Any] = {}
-    for key, value in params.items():
-        try:
-            json.dumps(value)
-        except TypeError:
-            value = repr(value)
-        safe[key] = value
-    return safe
 
 
 @functools.cache

@@ -1,13 +1,14 @@
-"""A tqdm.auto progress bar fed from the run's counters by one slow ticker, never per row."""
+"""A tqdm.auto progress bar fed from the run's snapshots by one slow ticker, never per row."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
-from .reporting import RunStats
+from .reporting import Snapshot
 
 TICK = 0.2  # seconds between counter reads
 REDRAW_EVERY = 5  # ticks between forced redraws while no row finishes (about 1 s)
@@ -15,7 +16,7 @@ REDRAW_EVERY = 5  # ticks between forced redraws while no row finishes (about 1 
 
 class Ticker:
     """`async with` a display: `tick(n)` runs every `interval` seconds on the run's loop,
-    `closed()` once at the end. The one place a display is pushed from: never per row."""
+    `closed(error)` once at the end. The one place a display is pushed from: never per row."""
 
     interval = TICK
 
@@ -32,7 +33,7 @@ class Ticker:
         self._ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._ticker
-        self.closed()
+        self.closed(exc)
 
     async def _run(self) -> None:
         ticks = 0
@@ -44,34 +45,29 @@ class Ticker:
     def tick(self, n: int) -> None:
         """Push the counters (the n-th time)."""
 
-    def closed(self) -> None:
-        """The run is over."""
+    def closed(self, error: BaseException | None) -> None:
+        """The run is over (`error`: why it ended early, if it did)."""
 
 
 class ProgressBar(Ticker):
-    """`async with ProgressBar(stats):` shows done/total with ok, error and retrying counts."""
+    """`async with ProgressBar(snapshot):` shows done/total with ok, error and retrying."""
 
-    def __init__(
-        self, stats: RunStats, *, enabled: bool = True, desc: str = "notebook_kit"
-    ) -> None:
-        self._stats = stats
-        self._bar: Any = None
-        if enabled:
-            from tqdm.auto import tqdm
+    def __init__(self, snapshot: Callable[[], Snapshot], *, desc: str = "notebook_kit") -> None:
+        from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=stats.total, desc=desc, unit="row")
+        self._snapshot = snapshot
+        self._bar: Any = tqdm(total=snapshot().total, desc=desc, unit="row")
 
     def tick(self, n: int) -> None:
-        if self._bar is not None and n:
+        if n:
             self._show(redraw=n % REDRAW_EVERY == 0)
 
-    def closed(self) -> None:
-        if self._bar is not None:
-            self._show(redraw=True)
-            self._bar.close()
+    def closed(self, error: BaseException | None) -> None:
+        self._show(redraw=True)
+        self._bar.close()
 
     def _show(self, *, redraw: bool) -> None:
-        stats, bar = self._stats, self._bar
+        stats, bar = self._snapshot(), self._bar
         bar.set_postfix(self.postfix(stats), refresh=False)  # drawn with the next refresh
         step = stats.done - bar.n
         if step > 0:
@@ -80,7 +76,7 @@ class ProgressBar(Ticker):
             bar.refresh()  # nothing finished lately: still show retrying counts
 
     @staticmethod
-    def postfix(stats: RunStats) -> dict[str, int | str]:
+    def postfix(stats: Snapshot) -> dict[str, int | str]:
         counts: dict[str, int | str] = {
             "ok": stats.ok,
             "error": stats.error,

@@ -1,53 +1,131 @@
-"""What a run did: live counters for progress displays, and per-attempt records for plots."""
+"""What a run did, built from its events: live counters, snapshots for displays, and
+per-attempt records for plots."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .types import RowResult, RowStatus
+from .events import (
+    AttemptFinished,
+    AttemptStarted,
+    EventBus,
+    LimitChanged,
+    RowFinished,
+    RunFinished,
+)
+from .types import RowStatus
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """A run at one moment: what displays show. Immutable; take a new one to refresh."""
+
+    state: str  # queued, running, paused, paused at the budget, stopping, done, stopped, failed
+    total: int
+    ok: int = 0
+    error: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+    cached: int = 0  # rows served by the cache or by another row's identical call
+    in_flight: int = 0  # requests sent and not yet answered
+    retrying: int = 0  # rows waiting out a backoff before their next attempt
+    requests: int = 0  # requests sent, retries and 429s included
+    input_tokens: int = 0  # billed in this run (cached rows not included)
+    output_tokens: int = 0
+    cost_usd: float = 0.0  # billed in this run, where the price is known
+    limit: int  # requests in flight allowed now
+    target: int  # the user's concurrency setting
+    budget_usd: float | None = None
+    spent_usd: float = 0.0  # billed against the budget
+    reserved_usd: float = 0.0  # held by requests in flight
+    elapsed_s: float = 0.0
+    stop_reason: str | None = None
+
+    @property
+    def done(self) -> int:
+        """Rows with a final status (cancelled ones included)."""
+        return self.ok + self.error + self.cancelled + self.skipped
+
+
 @dataclass(slots=True)
 class RunStats:
-    """Counters the engine updates as rows finish; displays read them on their own clock."""
+    """Counters kept from a run's events."""
 
     total: int
     ok: int = 0
     error: int = 0
     cancelled: int = 0
     skipped: int = 0
-    in_flight: int = 0  # HTTP requests sent and not yet answered
-    retrying: int = 0  # rows waiting out a backoff before their next attempt
-    requests: int = 0  # requests sent, retries and 429s included
-    input_tokens: int = 0  # billed in this run (rows served from the cache not included)
+    cached: int = 0
+    in_flight: int = 0
+    requests: int = 0
+    input_tokens: int = 0
     output_tokens: int = 0
-    cost_usd: float = 0.0  # billed in this run, where the price is known
-    cached: int = 0  # rows served by the cache or by another row's identical call
-    budget_reached: bool = False
+    cost_usd: float = 0.0
+    waiting: set[tuple[str | None, int]] = field(default_factory=set)  # rows in a backoff
+
+    def attach(self, events: EventBus) -> None:
+        events.on(AttemptStarted, self._attempt_started)
+        events.on(AttemptFinished, self._attempt_finished)
+        events.on(RowFinished, self._row_finished)
+        events.on(RunFinished, self._run_finished)
 
     @property
     def done(self) -> int:
         return self.ok + self.error + self.cancelled + self.skipped
 
-    def count(self, result: RowResult) -> None:
-        if result.status is RowStatus.OK:
+    def counts(self) -> dict[str, Any]:
+        """The counters as `Snapshot` fields."""
+        return {
+            "total": self.total,
+            "ok": self.ok,
+            "error": self.error,
+            "cancelled": self.cancelled,
+            "skipped": self.skipped,
+            "cached": self.cached,
+            "in_flight": self.in_flight,
+            "retrying": len(self.waiting),
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd,
+        }
+
+    def _attempt_started(self, event: AttemptStarted) -> None:
+        self.in_flight += 1
+        self.requests += 1
+        if self.waiting:
+            self.waiting.discard((event.step, event.key))
+
+    def _attempt_finished(self, event: AttemptFinished) -> None:
+        self.in_flight -= 1
+        self.input_tokens += event.input_tokens or 0
+        self.output_tokens += event.output_tokens or 0
+        self.cost_usd += event.cost_usd or 0.0
+        if event.wait_s is not None:
+            self.waiting.add((event.step, event.key))
+
+    def _row_finished(self, event: RowFinished) -> None:
+        status = event.result.status
+        if status is RowStatus.OK:
             self.ok += 1
-        elif result.status is RowStatus.ERROR:
+        elif status is RowStatus.ERROR:
             self.error += 1
-        elif result.status is RowStatus.CANCELLED:
+        elif status is RowStatus.CANCELLED:
             self.cancelled += 1
-        elif result.status is RowStatus.SKIPPED:
+        elif status is RowStatus.SKIPPED:
             self.skipped += 1
-        if result.cached:
+        if event.result.cached:
             self.cached += 1
-            return
-        self.input_tokens += result.input_tokens or 0
-        self.output_tokens += result.output_tokens or 0
-        self.cost_usd += result.cost_usd or 0.0
+        if self.waiting:
+            self.waiting.discard((event.step, event.key))
+
+    def _run_finished(self, event: RunFinished) -> None:
+        self.cancelled += self.total - self.done  # rows never started
 
 
 @dataclass
@@ -66,12 +144,26 @@ class RunReport:
     limit_changes: list[tuple[float, int]] = field(default_factory=list)  # (time, concurrency)
     wall_s: float | None = None
 
+    def attach(self, events: EventBus) -> None:
+        events.on(AttemptFinished, self._attempt)
+        events.on(LimitChanged, self._limit)
+        events.on(RunFinished, self._finished)
+
     def record(self, key: int, attempt: int, start: float, end: float, outcome: str) -> None:
         self.keys.append(key)
         self.attempt_numbers.append(attempt)
         self.starts.append(start)
         self.ends.append(end)
         self.outcomes.append(outcome)
+
+    def _attempt(self, event: AttemptFinished) -> None:
+        self.record(event.key, event.attempt, event.started, event.t, event.outcome)
+
+    def _limit(self, event: LimitChanged) -> None:
+        self.limit_changes.append((event.t, event.limit))
+
+    def _finished(self, event: RunFinished) -> None:
+        self.wall_s = event.t
 
     def attempts(self) -> pd.DataFrame:
         """One row per request sent: row position, attempt number, start, end, outcome."""

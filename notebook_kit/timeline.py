@@ -6,11 +6,12 @@ the engine recorded (`kit.report(result)`), not from the frame's attrs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from .errors import ConfigError
+from .history import report_of
 from .reporting import RunReport
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def plot_timeline(run: pd.DataFrame | RunReport, *, max_rows: int = 400) -> Figu
         raise ConfigError(
             'plot_timeline needs matplotlib: pip install "notebook_kit[plot]"'
         ) from None
-    report = run if isinstance(run, RunReport) else _report_of(run)
+    report = run if isinstance(run, RunReport) else report_of(run)
     attempts = report.attempts()
     if attempts.empty:
         raise ConfigError("this run sent no requests: there is nothing to draw")
@@ -91,9 +92,3 @@ def plot_timeline(run: pd.DataFrame | RunReport, *, max_rows: int = 400) -> Figu
     fig.tight_layout()
     plt.close(fig)  # shown by the notebook as the cell's value, not twice
     return fig
-
-
-def _report_of(result: Any) -> RunReport:
-    from .api import report
-
-    return report(result)

@@ -53,6 +53,11 @@ class Request:
         chars = sum(len(str(m.get("content", ""))) for m in self.messages)
         return max(1, chars // 4 + 4 * len(self.messages))
 
+    def planned_tokens(self) -> int:
+        """Input estimate plus `max_tokens`: what a token-rate limit charges up front."""
+        max_tokens = self.params.get("max_tokens") or self.params.get("max_completion_tokens")
+        return self.estimated_tokens() + (max_tokens if isinstance(max_tokens, int) else 0)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RateInfo:

@@ -8,8 +8,8 @@ callbacks are shown in the panel, never swallowed.
 
 from __future__ import annotations
 
+import asyncio
 import html
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ from .progress import Ticker
 
 if TYPE_CHECKING:
     from .job import Job
-    from .reporting import RunStats
+    from .reporting import Snapshot
     from .session import SessionDefaults
 
 
@@ -95,7 +95,6 @@ class Panel(_Callbacks, Ticker):
         self.model.observe(self.guard(lambda change: job.set_model(change["new"])), names="value")
         self.pause.observe(self.guard(self._on_pause), names="value")
         self.stop.on_click(self.guard(lambda _: job.cancel()))
-        self._started = time.monotonic()
 
     def _ipython_display_(self) -> None:
         display_in_cell(self.widget)
@@ -112,36 +111,30 @@ class Panel(_Callbacks, Ticker):
     # -- the ticker, run on the job's loop ----------------------------------------------
 
     def tick(self, n: int) -> None:
-        if n == 0:
-            self._started = time.monotonic()
         self.show()
 
-    def closed(self) -> None:
+    def closed(self, error: BaseException | None) -> None:
         for control in (self.concurrency, self.model, self.pause, self.stop):
             control.disabled = True
+        self.show(None if isinstance(error, asyncio.CancelledError) else error)
 
     def show(self, error: BaseException | None = None) -> None:
-        """Push the job's counters to the bar and the status line (only what changed)."""
-        stats = self._job.stats
-        if stats is None:
-            return
-        elapsed = max(time.monotonic() - self._started, 1e-9)
-        finished = stats.done - stats.cancelled
+        """Push the job's snapshot to the bar and the status line (only what changed)."""
+        snap = self._job.snapshot()
+        finished = snap.done - snap.cancelled
         if self.bar.value != finished:
             self.bar.value = finished
-            self.bar.description = f"{finished}/{stats.total}"
-        engine = self._job.engine
+            self.bar.description = f"{finished}/{snap.total}"
         effective = ""
-        if engine is not None and engine.limit.total < engine.adaptive.target:
-            effective = f"effective <b>{engine.limit.total}</b> (after 429s)"
+        if snap.limit < snap.target:
+            effective = f"effective <b>{snap.limit}</b> (after 429s)"
         if self.effective.value != effective:
             self.effective.value = effective
-        text = status_line(stats, elapsed, state=self._job.state)
-        budget = engine.budget if engine is not None else None
-        if budget is not None:
-            text += f"<br>budget ${budget.usd:g}: spent ${budget.spent:.4f}"
-            text += f", reserved ${budget.reserved:.4f}"
-            if stats.budget_reached:
+        text = status_line(snap)
+        if snap.budget_usd is not None:
+            text += f"<br>budget ${snap.budget_usd:g}: spent ${snap.spent_usd:.4f}"
+            text += f", reserved ${snap.reserved_usd:.4f}"
+            if snap.state == "paused at the budget":
                 text += " · <b>budget reached</b>: raise it with job.set_budget(...)"
         if error is not None:
             reason = html.escape(str(error) or type(error).__name__)
@@ -150,26 +143,27 @@ class Panel(_Callbacks, Ticker):
             self.status.value = text
 
 
-def status_line(stats: RunStats, elapsed: float, *, state: str) -> str:
+def status_line(snap: Snapshot) -> str:
     """done / ok / error / retrying / in flight, rows per second, tokens."""
-    finished = stats.done - stats.cancelled
+    finished = snap.done - snap.cancelled
+    elapsed = max(snap.elapsed_s, 1e-9)
     parts = [
-        f"<b>{state}</b>",
-        f"{finished}/{stats.total} done",
-        f"ok {stats.ok}",
-        f"error {stats.error}",
-        f"retrying {stats.retrying}",
-        f"in flight {stats.in_flight}",
-        f"{(stats.ok + stats.error) / elapsed:.1f} rows/s",
-        f"{stats.input_tokens + stats.output_tokens:,} tokens",
-        f"${stats.cost_usd:.4f}",
+        f"<b>{snap.state}</b>",
+        f"{finished}/{snap.total} done",
+        f"ok {snap.ok}",
+        f"error {snap.error}",
+        f"retrying {snap.retrying}",
+        f"in flight {snap.in_flight}",
+        f"{(snap.ok + snap.error) / elapsed:.1f} rows/s",
+        f"{snap.input_tokens + snap.output_tokens:,} tokens",
+        f"${snap.cost_usd:.4f}",
     ]
-    if stats.cached:
-        parts.append(f"cached {stats.cached}")
-    if stats.cancelled:
-        parts.append(f"cancelled {stats.cancelled}")
-    if stats.skipped:
-        parts.append(f"skipped {stats.skipped}")
+    if snap.cached:
+        parts.append(f"cached {snap.cached}")
+    if snap.cancelled:
+        parts.append(f"cancelled {snap.cancelled}")
+    if snap.skipped:
+        parts.append(f"skipped {snap.skipped}")
     return " · ".join(parts)
 
 

@@ -269,7 +269,7 @@ async def test_a_model_switched_mid_run_is_cached_under_the_model_used(tmp_path:
     job = kit.start(df, "prompt", provider=demo, concurrency=2, cache=path, progress=False)
     for _ in range(200):
         await asyncio.sleep(0.01)
-        if job.stats and job.stats.done >= 10:
+        if job.snapshot().done >= 10:
             break
     job.set_model("demo-large")
     first = await job

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import notebook_kit as kit
+from notebook_kit.clock import Clock
 from notebook_kit.config import Limits, RunConfig
 from notebook_kit.engine import Engine
 from notebook_kit.providers.base import Provider
@@ -33,7 +34,7 @@ class SpyProvider(Provider):
         self.levels: list[int] = []
 
     @asynccontextmanager
-    async def session(self, *, timeout: float) -> AsyncIterator[SpyProvider]:
+    async def session(self, *, timeout: float, clock: Clock) -> AsyncIterator[SpyProvider]:
         yield self
 
     async def complete(self, request: Request) -> Completion:
@@ -54,7 +55,7 @@ class SpyProvider(Provider):
 def engine_for(spy: SpyProvider, *, concurrency: int, rows: int) -> tuple[Engine, list[Request]]:
     """An engine over `rows` distinct requests (identical ones would be sent only once)."""
     config = RunConfig(model="spy", limits=Limits(concurrency=concurrency))
-    engine = Engine(spy, config, total=rows, report=RunReport(run_id="t"))
+    engine = Engine(spy, config, total=rows)
     requests = [
         Request(key=i, messages=[{"role": "user", "content": f"x{i}"}]) for i in range(rows)
     ]
@@ -82,21 +83,25 @@ async def test_an_unexpected_error_fails_its_row_and_the_run_goes_on() -> None:
     assert result.loc[1, "attempts"] == 1  # not retried
 
 
+@pytest.mark.looptime
 async def test_concurrency_can_be_raised_and_lowered_mid_run() -> None:
     spy = SpyProvider(latency=0.02)
     engine, requests = engine_for(spy, concurrency=2, rows=300)
+    report = RunReport(run_id="t")
+    report.attach(engine.events)
     run = asyncio.create_task(engine.run(requests))
-    await asyncio.sleep(0.1)
+    # virtual time: replies land together, so look between two landings, never on one
+    await asyncio.sleep(0.1013)
     assert spy.peak_in_flight == 2
     engine.set_concurrency(10)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1007)
     assert spy.in_flight == 10
     engine.set_concurrency(3)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1011)
     assert spy.in_flight <= 3
     await run
     assert spy.peak_in_flight == 10
-    assert [v for _, v in engine.report.limit_changes] == [2, 10, 3]
+    assert [v for _, v in report.limit_changes] == [2, 10, 3]
 
 
 async def test_stop_right_after_a_row_task_was_created_frees_its_slot() -> None:
@@ -106,15 +111,16 @@ async def test_stop_right_after_a_row_task_was_created_frees_its_slot() -> None:
     run = asyncio.create_task(engine.run(requests))
     for _ in range(200):  # catch the moment the dispatcher has just made new row tasks
         await asyncio.sleep(0)
-        if any(not s.in_flight and s.holds_slot for s in engine._rows.values()):
+        if any(row.held and not row.in_flight for row in engine._rows.values()):
             engine.stop()
             break
     else:
         engine.stop()
     await asyncio.wait_for(run, 2)
-    assert engine.limit.in_use == 0
+    assert engine.concurrency.limit.in_use == 0
 
 
+@pytest.mark.looptime
 async def test_stop_cancels_in_flight_and_keeps_finished_rows() -> None:
     spy = SpyProvider(latency=0.05)
     engine, requests = engine_for(spy, concurrency=4, rows=100)
@@ -129,6 +135,7 @@ async def test_stop_cancels_in_flight_and_keeps_finished_rows() -> None:
     assert spy.in_flight == 0
 
 
+@pytest.mark.looptime
 async def test_a_failure_mid_run_stops_every_row_and_keeps_finished_ones() -> None:
     spy = SpyProvider(latency=0.05)
     engine, _ = engine_for(spy, concurrency=3, rows=20)
@@ -142,15 +149,18 @@ async def test_a_failure_mid_run_stops_every_row_and_keeps_finished_ones() -> No
     with pytest.raises(ValueError, match="row 12"):
         await engine.run(requests())
     assert spy.in_flight == 0  # nothing keeps running (and paying) after the failure
-    assert not [t for t in asyncio.all_tasks() if "Engine._row" in repr(t.get_coro())]
+    assert not [t for t in asyncio.all_tasks() if "Engine._run_row" in repr(t.get_coro())]
     assert sum(r.status is RowStatus.OK for r in engine.results.values()) >= 6
 
 
 async def test_raising_the_budget_does_not_undo_a_users_pause() -> None:
-    engine, _ = engine_for(SpyProvider(), concurrency=1, rows=1)
+    config = RunConfig(model="gpt-4.1-mini", budget_usd=1.0, params={"max_tokens": 10})
+    engine = Engine(SpyProvider(), config, total=1)
+    assert engine.budget is not None
     engine.pause()
-    engine.stats.budget_reached = True
+    engine.budget.reached = True  # as when a job paused at the budget
+    engine.gate.pause("budget")
     engine.set_budget(5.0)
-    assert engine.gate.paused
+    assert engine.gate.paused and engine.state == "paused"
     engine.resume()
-    assert not engine.gate.paused
+    assert not engine.gate.paused and engine.state == "running"

@@ -7,24 +7,12 @@ import time
 
 import pytest
 
+from clocks import FakeTime
+
+from notebook_kit.clock import LoopClock
+from notebook_kit.config import RetryPolicy
 from notebook_kit.deadline import Deadline
-from notebook_kit.limits import AdaptiveConcurrency, Budget, ConcurrencyLimit, RateMeter, StartGate
-
-
-class FakeTime:
-    """A clock that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
+from notebook_kit.meters import AdaptiveConcurrency, Budget, ConcurrencyLimit, RateMeter, StartGate
 
 
 async def hold(limit: ConcurrencyLimit, seen: list[int], release: asyncio.Event) -> None:
@@ -101,43 +89,43 @@ async def test_limit_rejects_zero() -> None:
 
 async def test_rate_meter_spaces_starts_evenly() -> None:
     fake = FakeTime()
-    meter = RateMeter(600, clock=fake.clock, sleep=fake.sleep)  # 10 per second
+    meter = RateMeter(600, clock=fake)  # 10 per second
     starts = []
     for _ in range(5):
-        await meter.acquire()
-        starts.append(fake.now)
+        await meter.take(1)
+        starts.append(fake.t)
     assert starts == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
 
 
 async def test_rate_meter_settles_real_cost() -> None:
     fake = FakeTime()
-    meter = RateMeter(60, clock=fake.clock, sleep=fake.sleep)  # 1 unit per second
-    await meter.acquire(10)  # estimated 10 units
+    meter = RateMeter(60, clock=fake)  # 1 unit per second
+    await meter.take(10)  # estimated 10 units
     meter.settle(-8)  # really cost 2
-    await meter.acquire(1)
-    assert fake.now == pytest.approx(2.0)
+    await meter.take(1)
+    assert fake.t == pytest.approx(2.0)
 
 
 async def test_rate_meter_does_not_burst_after_idle() -> None:
     fake = FakeTime()
-    meter = RateMeter(60, clock=fake.clock, sleep=fake.sleep)
-    await meter.acquire()
-    fake.now += 100  # a long idle spell earns no credit
-    await meter.acquire()
-    t = fake.now
-    await meter.acquire()
-    assert fake.now - t == pytest.approx(1.0)
+    meter = RateMeter(60, clock=fake)
+    await meter.take(1)
+    fake.t += 100  # a long idle spell earns no credit
+    await meter.take(1)
+    t = fake.t
+    await meter.take(1)
+    assert fake.t - t == pytest.approx(1.0)
 
 
 async def test_gate_cools_down_and_pauses() -> None:
     fake = FakeTime()
-    gate = StartGate(clock=fake.clock, sleep=fake.sleep)
+    gate = StartGate(clock=fake, policy=RetryPolicy())
     gate.cool_down(2.0)
     gate.cool_down(1.0)  # never shortens
-    await gate.wait()
-    assert fake.now == pytest.approx(2.0)
+    await gate.acquire()
+    assert fake.t == pytest.approx(2.0)
     gate.pause()
-    waiter = asyncio.create_task(gate.wait())
+    waiter = asyncio.create_task(gate.acquire())
     await asyncio.sleep(0.01)
     assert not waiter.done()
     gate.resume()
@@ -146,7 +134,7 @@ async def test_gate_cools_down_and_pauses() -> None:
 
 async def test_deadline_times_out_a_hung_call() -> None:
     with pytest.raises(TimeoutError):
-        async with Deadline(0.05):
+        async with Deadline(0.05, LoopClock()):
             await asyncio.sleep(10)
 
 
@@ -156,7 +144,7 @@ async def test_deadline_lets_a_reply_that_arrived_during_a_stall_through() -> No
     reply: asyncio.Future[str] = loop.create_future()
 
     async def call() -> str:
-        async with Deadline(0.2):
+        async with Deadline(0.2, LoopClock()):
             return await reply
 
     task = asyncio.create_task(call())
@@ -168,7 +156,7 @@ async def test_deadline_lets_a_reply_that_arrived_during_a_stall_through() -> No
 
 async def test_deadline_does_not_swallow_outside_cancellation() -> None:
     async def call() -> None:
-        async with Deadline(5):
+        async with Deadline(5, LoopClock()):
             await asyncio.sleep(10)
 
     task = asyncio.create_task(call())
@@ -183,7 +171,7 @@ def adaptive(total: int, fake: FakeTime) -> tuple[ConcurrencyLimit, AdaptiveConc
     changes: list[int] = []
     return (
         limit,
-        AdaptiveConcurrency(limit, enabled=True, clock=fake.clock, on_change=changes.append),
+        AdaptiveConcurrency(limit, enabled=True, clock=fake, on_change=changes.append),
         changes,
     )
 
@@ -194,7 +182,7 @@ def test_adaptive_takes_a_slot_per_429_and_at_most_half_per_overload() -> None:
     for _ in range(15):  # one overload: 15 rejections within the calm second
         aimd.rate_limited(None)
     assert limit.total == 10
-    fake.now += 1.5  # a new overload may halve again
+    fake.t += 1.5  # a new overload may halve again
     for _ in range(3):
         aimd.rate_limited(None)
     assert limit.total == 7
@@ -210,7 +198,7 @@ def test_adaptive_grows_back_slowly_and_never_above_the_target() -> None:
         aimd.succeeded()
     assert limit.total == 2  # successes alone are not enough: at most one step per 2 s
     for _ in range(10):
-        fake.now += 2.0
+        fake.t += 2.0
         for _ in range(limit.total):
             aimd.succeeded()
     assert limit.total == 4 and changes == [3, 2, 3, 4]

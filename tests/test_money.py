@@ -105,7 +105,7 @@ async def test_a_background_job_pauses_at_the_budget_and_goes_on_when_raised(
     panel = job.panel
     assert panel is not None
     await eventually(lambda: "budget reached" in panel.status.value)
-    done = job.stats.done if job.stats else 0
+    done = job.snapshot().done
     assert 0 < done < 40
     spent_before = billed(server)
     assert spent_before <= 0.3
@@ -133,7 +133,7 @@ async def test_a_budget_set_mid_run_counts_what_was_already_spent(
 ) -> None:
     server.configure(latency=0.05)
     job = start(server, prompts(60), max_tokens=20, concurrency=2)
-    await eventually(lambda: bool(job.stats and job.stats.done >= 10))
+    await eventually(lambda: job.snapshot().done >= 10)
     spent = billed(server)
     job.set_budget(spent + 0.05)  # only five cents more
     await eventually(lambda: job.state == "paused at the budget")

@@ -60,7 +60,7 @@ async def test_model_menu_applies_to_rows_not_started(server: FakeLLMServer) -> 
     job = start(server, prompts(30), concurrency=2, model="gpt-a", models=["gpt-b"])
     assert job.panel is not None
     assert list(job.panel.model.options)[:2] == ["gpt-a", "gpt-b"]
-    await eventually(lambda: (job.stats.done if job.stats else 0) >= 6)
+    await eventually(lambda: (job.snapshot().done) >= 6)
     job.panel.model.value = "gpt-b"
     result = await job
     used = result["model"].tolist()
@@ -90,7 +90,7 @@ async def test_stop_button_keeps_finished_rows(server: FakeLLMServer) -> None:
     server.configure(latency=0.2)
     job = start(server, prompts(60), concurrency=4)
     assert job.panel is not None
-    await eventually(lambda: (job.stats.ok if job.stats else 0) >= 8)
+    await eventually(lambda: job.snapshot().ok >= 8)
     live = job.df
     assert set(live["status"]) <= {"ok", "pending"} and (live["status"] == "pending").any()
     job.panel.stop.click()

@@ -11,22 +11,19 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from tenacity import RetryCallState
+from clocks import FakeTime
 
 import notebook_kit as kit
 from notebook_kit.config import RetryPolicy
 from notebook_kit.errors import CallError
 from notebook_kit.providers import DEMO_NOTICE, resolve
 from notebook_kit.providers.base import retry_after, status_error
-from notebook_kit.retry import retrying, wait_for_server
+from notebook_kit.retry import Retrier, RowTries
 from notebook_kit.types import ErrorType
 
 
-def waited(policy: RetryPolicy, exc: BaseException, attempt: int = 1) -> float:
-    state = RetryCallState(retrying(policy, sleep=None), fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = attempt
-    state.set_exception((type(exc), exc, None))
-    return wait_for_server(policy)(state)
+def waited(policy: RetryPolicy, exc: CallError, attempt: int = 1) -> float | None:
+    return Retrier(policy, FakeTime()).wait_before_retry(exc, RowTries(sent=attempt))
 
 
 def test_retry_after_is_honoured_and_capped() -> None:
@@ -40,8 +37,9 @@ def test_retry_after_is_honoured_and_capped() -> None:
 def test_backoff_without_retry_after_is_exponential_with_jitter() -> None:
     policy = RetryPolicy(backoff_base=1.0, backoff_max=30)
     error = CallError(ErrorType.SERVER, "500")
+    retrier = Retrier(policy, FakeTime())
     for attempt in (1, 3, 9):
-        waits = [waited(policy, error, attempt) for _ in range(200)]
+        waits = [retrier.backoff(error, attempt) for _ in range(200)]
         assert min(waits) >= 0 and max(waits) <= min(30, 2 ** (attempt - 1))
         assert len(set(waits)) > 100  # jittered, not a fixed step
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ..clock import Clock
 from ..errors import MissingKeyError
 from ..secrets import MASK, Redactor, check_base_url, safe_url
 from ..types import Completion, Request
@@ -61,7 +62,7 @@ class AnthropicProvider(Provider):
         return {"max_tokens": DEFAULT_MAX_TOKENS}
 
     @asynccontextmanager
-    async def session(self, *, timeout: float) -> AsyncIterator[_AnthropicSession]:
+    async def session(self, *, timeout: float, clock: Clock) -> AsyncIterator[_AnthropicSession]:
         import anthropic
 
         client = anthropic.AsyncAnthropic(

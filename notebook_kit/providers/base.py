@@ -12,7 +12,9 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
+from ..clock import Clock
 from ..errors import CallError
+from ..retry import sane_seconds
 from ..secrets import Redactor
 from ..types import Completion, ErrorType, RateInfo, Request
 
@@ -37,7 +39,7 @@ class Provider(ABC):
     redact: Redactor = Redactor()
 
     @abstractmethod
-    def session(self, *, timeout: float) -> AbstractAsyncContextManager[Session]:
+    def session(self, *, timeout: float, clock: Clock) -> AbstractAsyncContextManager[Session]:
         """Open a client bound to the running loop; close it when the run ends."""
 
     def describe(self) -> dict[str, Any]:
@@ -64,14 +66,14 @@ def retry_after(headers: Mapping[str, str] | None) -> float | None:
     value = headers.get("retry-after-ms")
     if value is not None:
         try:
-            return float(value) / 1000.0
+            return sane_seconds(float(value) / 1000.0)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return float(value)
+        return sane_seconds(float(value))
     except ValueError:
         pass
     try:
@@ -100,10 +102,12 @@ def _duration(value: str | None) -> float | None:
 
 
 def _int(value: str | None) -> int | None:
+    """A count from a header; a negative or garbled one counts as absent."""
     try:
-        return int(value) if value is not None else None
+        number = int(value) if value is not None else None
     except ValueError:
         return None
+    return number if number is None or number >= 0 else None
 
 
 def rate_info(headers: Mapping[str, str] | None) -> RateInfo | None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import random
 import re
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ..clock import Clock
 from ..errors import CallError
 from ..types import Completion, ErrorType, Request
 from .base import Provider
@@ -85,43 +84,19 @@ class DemoProvider(Provider):
         }
 
     @asynccontextmanager
-    async def session(self, *, timeout: float) -> AsyncIterator[DemoProvider]:
-        yield self
-
-    async def complete(self, request: Request) -> Completion:
-        refusal = self._check_rpm()
-        draw = self._rng.random()
-        if refusal is not None or draw < self.rate_limit_rate:
-            await asyncio.sleep(self.latency * REFUSAL_SHARE)  # a 429 is quick, not instant
-            if refusal is not None:
-                raise refusal
-            raise CallError(
-                ErrorType.RATE_LIMIT,
-                "HTTP 429: simulated rate limit",
-                status=429,
-                retry_after=self.retry_after,
-            )
-        draw -= self.rate_limit_rate
-        delay = self._delay()
-        if draw < self.timeout_rate:
-            await asyncio.sleep(HANG_SECONDS)
-        draw -= self.timeout_rate
-        await asyncio.sleep(delay)
-        if draw < self.error_rate:
-            raise CallError(ErrorType.SERVER, "HTTP 500: simulated server error", status=500)
-        return reply(request)
+    async def session(self, *, timeout: float, clock: Clock) -> AsyncIterator[_DemoSession]:
+        yield _DemoSession(self, clock)
 
     def _delay(self) -> float:
         if self.latency <= 0:
             return 0.0
         return self.latency * math.exp(self._rng.gauss(0.0, self.jitter))
 
-    def _check_rpm(self) -> CallError | None:
+    def _check_rpm(self, now: float) -> CallError | None:
         """The 429 a server enforcing `rpm` would send now, or None (the request counts)."""
         if self.rpm is None:
             return None
-        now = time.monotonic()
-        while self._recent and now - self._recent[0] >= 1.0:
+        while self._recent and not 0.0 <= now - self._recent[0] < 1.0:  # another run's clock
             self._recent.popleft()
         if len(self._recent) >= max(1.0, self.rpm / 60.0):
             wait = 1.0 - (now - self._recent[0])
@@ -133,6 +108,39 @@ class DemoProvider(Provider):
             )
         self._recent.append(now)
         return None
+
+
+class _DemoSession:
+    """The demo model during one run: its latency and limits follow the run's clock."""
+
+    def __init__(self, model: DemoProvider, clock: Clock) -> None:
+        self._model = model
+        self._clock = clock
+
+    async def complete(self, request: Request) -> Completion:
+        model, sleep = self._model, self._clock.sleep
+        refusal = model._check_rpm(self._clock.now())
+        draw = model._rng.random()
+        if refusal is not None or draw < model.rate_limit_rate:
+            await sleep(model.latency * REFUSAL_SHARE)  # a 429 is quick, not instant
+            if refusal is not None:
+                raise refusal
+            raise CallError(
+                ErrorType.RATE_LIMIT,
+                "HTTP 429: simulated rate limit",
+                status=429,
+                retry_after=model.retry_after,
+            )
+        draw -= model.rate_limit_rate
+        delay = model._delay()
+        if draw < model.timeout_rate:
+            await sleep(HANG_SECONDS)
+        draw -= model.timeout_rate
+        await sleep(delay)
+        if draw < model.error_rate:
+            raise CallError(ErrorType.SERVER, "HTTP 500: simulated server error", status=500)
+        return reply(request)
+
 
 
 def reply(request: Request) -> Completion:

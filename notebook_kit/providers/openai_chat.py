@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ..clock import Clock
 from ..errors import CallError, MissingKeyError
 from ..secrets import MASK, Redactor, check_base_url, safe_url
 from ..types import Completion, ErrorType, Request
@@ -51,7 +52,7 @@ class OpenAIProvider(Provider):
         return {"base_url": safe_url(self._base_url)}
 
     @asynccontextmanager
-    async def session(self, *, timeout: float) -> AsyncIterator[_OpenAISession]:
+    async def session(self, *, timeout: float, clock: Clock) -> AsyncIterator[_OpenAISession]:
         import openai
 
         client = openai.AsyncOpenAI(

@@ -1,0 +1,139 @@
+"""What a run publishes as it goes: small frozen events, and the bus that hands them out.
+
+Counters, the run report, progress displays and the history are subscribers; none of them
+reads the engine's internals. `t` is seconds since the run started, on the run's clock.
+Row events carry the row's position (`key`), its pipeline `step` (None outside pipelines)
+and where its answer came from (`source`). A feature adds its own event classes; a
+subscriber that does not ask for them never sees them.
+
+    RowStarted        a row took its concurrency slot and will be sent
+    AttemptStarted    one request goes out
+    AttemptFinished   it came back: outcome, tokens, cost, and the wait before a retry
+    RowFinished       the row's final result (also for cache, dedupe and input rows)
+    LimitChanged      the concurrency limit moved (slider or 429s)
+    Paused, Resumed   by the user or at the budget
+    StopRequested     Stop, an interrupt, a run error or the budget: nothing new starts
+    RunFinished       the run is over
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
+
+from .types import RowResult
+
+Source = Literal["call", "cache", "dedupe", "input"]  # where a row's answer came from
+log = logging.getLogger("notebook_kit")
+
+
+class Event(Protocol):
+    """Every event has `t`: seconds since the run started."""
+
+    @property
+    def t(self) -> float: ...
+
+
+# Events are NamedTuples: immutable, and about 3x cheaper to make than frozen dataclasses
+# (a run makes four per row).
+
+
+class RowStarted(NamedTuple):
+    t: float
+    key: int  # the row's position in the input frame
+    step: str | None = None
+    source: Source = "call"
+
+
+class AttemptStarted(NamedTuple):
+    t: float
+    key: int
+    attempt: int  # 1 for the row's first request
+    step: str | None = None
+    source: Source = "call"
+
+
+class AttemptFinished(NamedTuple):
+    t: float
+    key: int
+    attempt: int
+    started: float  # `t` of the matching AttemptStarted
+    outcome: str  # "ok", "cancelled" or an error type
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    wait_s: float | None = None  # seconds until the next attempt; None: no retry
+    step: str | None = None
+    source: Source = "call"
+
+
+class RowFinished(NamedTuple):
+    t: float
+    key: int
+    result: RowResult
+    step: str | None = None
+    source: Source = "call"
+
+
+class LimitChanged(NamedTuple):
+    t: float
+    limit: int  # requests in flight allowed now
+    target: int  # the user's setting (the adaptive limit stays at or below it)
+    step: str | None = None
+
+
+class Paused(NamedTuple):
+    t: float
+    reason: Literal["user", "budget"]
+
+
+class Resumed(NamedTuple):
+    t: float
+    reason: Literal["user", "budget"]
+
+
+class StopRequested(NamedTuple):
+    t: float
+    reason: str
+
+
+class RunFinished(NamedTuple):
+    t: float
+    stop_reason: str | None
+
+
+E = TypeVar("E", bound=Event)
+
+
+class EventBus:
+    """Hands each event to the handlers of its class, then to those of every event.
+
+    A handler that raises is logged and the run goes on: a display must not break a run.
+    """
+
+    def __init__(self) -> None:
+        self._kinds: dict[type[Any], list[Callable[[Any], None]]] = {}
+        self._every: list[Callable[[Any], None]] = []
+        self._routes: dict[type[Any], list[Callable[[Any], None]]] = {}  # kind's, then every
+
+    def on(self, kind: type[E], handler: Callable[[E], None]) -> None:
+        """Call `handler` with each event of class `kind`."""
+        self._kinds.setdefault(kind, []).append(handler)
+        self._routes = {k: [*hs, *self._every] for k, hs in self._kinds.items()}
+
+    def subscribe(self, handler: Callable[[Event], None]) -> None:
+        """Call `handler` with every event."""
+        self._every.append(handler)
+        self._routes = {k: [*hs, *self._every] for k, hs in self._kinds.items()}
+
+    def wants(self, kind: type[Any]) -> bool:
+        """Whether anyone listens to `kind` (an event nobody reads need not be made)."""
+        return kind in self._routes or bool(self._every)
+
+    def emit(self, event: Event) -> None:
+        for handler in self._routes.get(type(event)) or self._every:
+            try:
+                handler(event)
+            except Exception:
+                log.warning("an event handler failed on %s", type(event).__name__, exc_info=True)
