@@ -256,7 +256,7 @@ def _job(
         provider,
         config,
         cache=chosen_cache(options.get("cache")),
-        progress=options.get("progress", True),
+        progress=options.get("progress") is not False,
     )
 
 
@@ -287,7 +287,7 @@ def _retry_job(
         provider,
         run_config(options, provider, base=base),
         cache=chosen_cache(options.get("cache")),
-        progress=options.get("progress", True),
+        progress=options.get("progress") is not False,
     )
 
 

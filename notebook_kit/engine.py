@@ -117,7 +117,7 @@ class Engine:
             base_url=provider.describe().get("base_url"),
             finish=self._finish,
         )
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._rows: dict[asyncio.Task[None], _Row] = {}
         self._session: Session | None = None
 
@@ -211,7 +211,7 @@ class Engine:
             if isinstance(item, RowResult):
                 self._finish(item, "input")
                 continue
-            if self._stopping:
+            if self._stopping.is_set():
                 break
             if item.model is None:  # the model menu applies to rows not dispatched yet
                 item = Request(
@@ -221,7 +221,7 @@ class Engine:
             if print_ is None:
                 continue
             held = await self.concurrency.acquire(item)
-            if self._stopping:
+            if self._stopping.is_set():
                 self.concurrency.release(held, AttemptOutcome(item, sent=False))
                 self._reuse.abandon(print_)
                 break
@@ -261,7 +261,8 @@ class Engine:
         except Exception as exc:
             detail = self.provider.redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
             log.warning("row %d failed unexpectedly: %s", request.key, detail)
-            result = self._failed(row, CallError(ErrorType.UNEXPECTED, f"unexpected error: {detail}"))
+            unexpected = CallError(ErrorType.UNEXPECTED, f"unexpected error: {detail}")
+            result = self._failed(row, unexpected)
         else:
             result = RowResult(
                 key=request.key,
@@ -282,7 +283,7 @@ class Engine:
     async def _attempts(self, row: _Row) -> Completion:
         """Attempts until one succeeds or the retrier gives up (then its error is raised)."""
         while True:
-            if self._stopping:
+            if self._stopping.is_set():
                 raise _Stopped
             # the first attempt holds the concurrency slot the dispatcher took for it
             for meter in self._meters[1:] if row.held else self._meters:
@@ -292,7 +293,7 @@ class Engine:
             except CallError:
                 if row.wait is None:
                     raise
-            if self._stopping:
+            if self._stopping.is_set():
                 raise _Stopped
             await self.clock.sleep(row.wait)
 
@@ -407,9 +408,9 @@ class Engine:
 
     def _begin_stop(self, reason: str) -> None:
         """Nothing new starts; rows not in flight (waiting in a meter or a backoff) end now."""
-        if self._stopping:
+        if self._stopping.is_set():
             return
-        self._stopping = True
+        self._stopping.set()
         self.stop_reason = reason
         self._emit(StopRequested(t=self._now(), reason=reason))
         for task, row in self._rows.items():

@@ -28,6 +28,7 @@ from .clock import Clock
 from .config import RunConfig, check_budget
 from .engine import Engine
 from .errors import RunError
+from .events import Event
 from .pricing import prices_as_of
 from .providers.base import Provider
 from .reporting import RunReport, Snapshot
@@ -72,6 +73,7 @@ class Job:
         self._pending: deque[Callable[[Engine], None]] = deque()  # controls before the start
         self._starting = threading.Lock()  # a control sent while run() starts is not lost
         self._failed = False
+        self._subscribers: list[Callable[[Event], None]] = []
 
     def __repr__(self) -> str:
         snap = self.snapshot()
@@ -110,6 +112,13 @@ class Job:
             snap = self.engine.snapshot()
         state = self.state
         return snap if snap.state == state else dataclasses.replace(snap, state=state)
+
+    def subscribe(self, handler: Callable[[Event], None]) -> None:
+        """Call `handler` on the job's loop with every event of the run (`events.py`)."""
+        with self._starting:
+            self._subscribers.append(handler)
+            if self.engine is not None:
+                self.engine.events.subscribe(handler)
 
     # -- controls (any thread) -----------------------------------------------------------
 
@@ -166,6 +175,8 @@ class Job:
         )
         self.report.attach(engine.events)
         with self._starting:
+            for handler in self._subscribers:
+                engine.events.subscribe(handler)
             self._loop = asyncio.get_running_loop()
             self.engine = engine
             while self._pending:

@@ -222,10 +222,12 @@ def run_config(
     """`base` (else the session's config) with the given options applied; checked."""
     base = base or session_config(provider)
     limits = options.get("limits") or base.limits
-    parts = {k: options[k] for k in ("concurrency", "rpm", "tpm", "adaptive") if k in options}  # type: ignore[literal-required]
+    given: Mapping[str, Any] = options
+    parts = {k: given[k] for k in ("concurrency", "rpm", "tpm", "adaptive") if k in given}
     retry = options.get("retry") or base.retry
-    if "max_attempts" in options:
-        retry = dataclasses.replace(retry, max_attempts=options["max_attempts"])
+    max_attempts = options.get("max_attempts")
+    if max_attempts is not None:
+        retry = dataclasses.replace(retry, max_attempts=max_attempts)
     config = RunConfig(
         model=options.get("model") or base.model,
         limits=dataclasses.replace(limits, **parts) if parts else limits,

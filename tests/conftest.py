@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_server import FakeLLMServer
+
+import notebook_kit as kit
 
 KEY = "sk-test-SENTINEL-0123456789abcdef"
 
@@ -19,6 +22,34 @@ async def eventually(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not reached within 2 s")
+
+
+def quick_retries(options: dict[str, Any]) -> dict[str, Any]:
+    """Backoffs of milliseconds: wire tests check what is retried; how long the waits are is
+    tested on virtual time (test_virtual_time.py)."""
+    if "retry" not in options:
+        attempts = options.pop("max_attempts", 5)
+        options["retry"] = kit.RetryPolicy(
+            max_attempts=attempts, backoff_base=0.01, backoff_max=0.05
+        )
+    return options
+
+
+@pytest.fixture(autouse=True)
+def close_the_loop_looptime_makes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """looptime's plugin asks the policy for a loop around every test; for a sync test that
+    creates one nobody closes (a ResourceWarning in a later test). Close it here."""
+    yield
+    if asyncio.iscoroutinefunction(request.function):
+        return
+    policy = asyncio.get_event_loop_policy()
+    try:
+        loop = policy.get_event_loop()
+    except RuntimeError:  # none: set_event_loop(None) was called, so no more are made
+        return
+    if not loop.is_running():
+        loop.close()
+        policy.set_event_loop(None)
 
 
 @pytest.fixture(autouse=True)

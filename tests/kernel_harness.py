@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from jupyter_client import KernelManager
+from jupyter_client.manager import KernelManager
 from jupyter_core.utils import ensure_event_loop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,8 @@ class Kernel:
             self._read_shell()
 
     def reply(self, msg_id: str) -> dict[str, Any]:
-        return self.replies[msg_id]["content"]
+        content: dict[str, Any] = self.replies[msg_id]["content"]
+        return content
 
     def output(self, msg_id: str) -> str:
         """Everything the cell printed or displayed as text, errors included."""

@@ -188,14 +188,21 @@ class Page:
 
 def moves(page: Page, cell: int, server: FakeLLMServer) -> list[tuple[int, int]]:
     """Move the slider 2 -> 5 -> 3 -> 7 -> 4; return (wanted, seen by the server) per move."""
-    level = lambda: int(server.stats()["in_flight"])  # noqa: E731
+
+    def level() -> int:
+        return int(server.stats()["in_flight"])
+
     assert until(lambda: level() == 2, 20), "the job did not start"
     seen = []
     value = 2
     for target in (5, 3, 7, 4):
         page.move_slider(cell, target - value)
         value = target
-        until(lambda t=target: level() == t)  # type: ignore[misc]
+
+        def reached(t: int = target) -> bool:
+            return level() == t
+
+        until(reached)
         seen.append((target, level()))
     return seen
 

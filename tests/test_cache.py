@@ -197,7 +197,7 @@ CHILD = textwrap.dedent(
 async def test_resume_after_a_killed_process_calls_only_unfinished_rows(
     server: FakeLLMServer, tmp_path: Path
 ) -> None:
-    server.configure(latency=0.2)
+    server.configure(latency=0.1)
     path = tmp_path / "resume.sqlite"
     child = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
         [sys.executable, "-c", CHILD, server.openai_base_url, KEY, str(path)],
@@ -240,7 +240,10 @@ def test_interrupted_writes_leave_a_sound_file(tmp_path: Path) -> None:
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER.replace("5000", "200000"), str(path), "x"]
     )
-    time.sleep(1.5)
+    end = time.monotonic() + 60
+    while Cache(path).info()["entries"] < 2000:  # kill it in the middle of its stream
+        assert time.monotonic() < end and writer.poll() is None, "the writer did not write"
+        time.sleep(0.05)
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=10)
     assert integrity(path) == "ok"
@@ -257,7 +260,12 @@ def test_a_put_as_the_writer_retires_is_still_written(
         cache.put(f"k{i}", "demo", "m", reply)
         time.sleep(0.0005 * (i % 30))
     done = threading.Event()
-    threading.Thread(target=lambda: (cache.flush(), done.set()), daemon=True).start()
+
+    def flush() -> None:
+        cache.flush()
+        done.set()
+
+    threading.Thread(target=flush, daemon=True).start()
     assert done.wait(10), "flush() hung: a record was queued with no writer left"
     assert cache.info()["entries"] == 200
 

@@ -281,9 +281,9 @@ async def test_hang_times_out_and_leaves_flight(
     server: FakeLLMServer, oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic
 ) -> None:
     with pytest.raises(openai.APITimeoutError):
-        await ask_openai(oai.with_options(timeout=0.5), "[[hang]]")
+        await ask_openai(oai.with_options(timeout=0.2), "[[hang]]")
     with pytest.raises(anthropic.APITimeoutError):
-        await ask_anthropic(claude.with_options(timeout=0.5), "[[hang]]")
+        await ask_anthropic(claude.with_options(timeout=0.2), "[[hang]]")
 
     await eventually(lambda: server.stats()["in_flight"] == 0)
     stats = server.stats()

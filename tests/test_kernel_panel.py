@@ -46,6 +46,10 @@ def level(server: FakeLLMServer) -> int:
     return int(server.stats()["in_flight"])
 
 
+def answered(server: FakeLLMServer) -> int:
+    return int(server.stats()["responses"].get("200", 0))
+
+
 def wait_for(condition: object, seconds: float = 5.0) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -83,13 +87,13 @@ def test_awaited_run_df_takes_live_changes_on_ipykernel_7_only(
     wait_for(lambda: level(server) == 2)
     updates = []
     for value in (6, 4, 8):  # several moves: the 7.4 freeze shows from the second one
-        sent = time.monotonic()
+        sent, before = time.monotonic(), answered(server)
         updates.append(kernel.send_comm(slider["id"], {"value": value}))
         if version == NEW:
-            wait_for(lambda v=value: level(server) == v)  # type: ignore[misc]
+            wait_for(lambda v=value: level(server) == v)
             wait_for(lambda: kernel.statuses(updates[-1]) == ["idle"])  # one, from the fix
-        else:
-            time.sleep(0.6)  # 6.x: changes wait for the cell to end
+        else:  # 6.x: changes wait for the cell to end; two more rounds go by at 2
+            wait_for(lambda b=before: answered(server) >= b + 4)
             samples = [n for t, n in server.stats()["in_flight_samples"] if t > sent]
             assert max(samples) <= 2
     hints = [w["value"] for w in kernel.widgets(cell, "HTMLModel") if "ipykernel" in w["value"]]
@@ -117,8 +121,9 @@ def test_without_the_fix_ipykernel_7_4_sends_no_idle(server: FakeLLMServer) -> N
         (slider,) = k.widgets(cell, "IntSliderModel")
         update = k.send_comm(slider["id"], {"value": 5})
         wait_for(lambda: level(server) == 5)  # the change arrives...
-        time.sleep(0.3)
-        assert k.statuses(update) == []  # ...but a browser would now freeze this slider
+        before = answered(server)
+        wait_for(lambda: answered(server) >= before + 5)  # ...a round of replies later,
+        assert k.statuses(update) == []  # no status: a browser would freeze this slider
         k.wait(cell, timeout=60)
     finally:
         k.close()
@@ -159,7 +164,9 @@ def test_interrupting_await_job_stops_the_waiting_not_the_job(
     server.configure(latency=0.2)
     kernel.run("job = kit.start(df.head(40), 'prompt', concurrency=4, **opts)")
     cell = kernel.execute("r = await job", wait=False)
-    time.sleep(0.8)
+    wait_for(lambda: "busy" in kernel.statuses(cell))
+    before = answered(server)
+    wait_for(lambda: answered(server) >= before + 4)  # the cell is awaiting the job
     kernel.interrupt()
     kernel.wait(cell, timeout=20)
     assert kernel.reply(cell)["ename"] == "CancelledError"
@@ -173,7 +180,7 @@ def test_interrupting_an_awaited_run_df_stops_it_and_keeps_rows(
 ) -> None:
     server.configure(latency=0.3)
     cell = kernel.execute("r = await kit.run_df(df.head(80), 'prompt', **opts)", wait=False)
-    time.sleep(1.5)
+    wait_for(lambda: answered(server) >= 10, seconds=30)
     kernel.interrupt()
     kernel.wait(cell, timeout=20)
     assert kernel.reply(cell)["ename"] == "CancelledError"

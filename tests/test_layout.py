@@ -14,7 +14,8 @@ HEAVY = ["pandas", "tqdm", "ipywidgets", "IPython", "openai", "anthropic", "nump
 def modules_after(statement: str) -> list[str]:
     code = f"import sys, json\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+    loaded: list[str] = json.loads(out.stdout)
+    return loaded
 
 
 def test_engine_imports_no_pandas_tqdm_widgets_or_sdk() -> None:

@@ -6,13 +6,14 @@ import asyncio
 import time
 
 import pytest
-
 from clocks import FakeTime
 
 from notebook_kit.clock import LoopClock
 from notebook_kit.config import RetryPolicy
 from notebook_kit.deadline import Deadline
 from notebook_kit.meters import AdaptiveConcurrency, Budget, ConcurrencyLimit, RateMeter, StartGate
+
+pytestmark = pytest.mark.looptime  # waits in these tests are virtual
 
 
 async def hold(limit: ConcurrencyLimit, seen: list[int], release: asyncio.Event) -> None:
@@ -138,6 +139,7 @@ async def test_deadline_times_out_a_hung_call() -> None:
             await asyncio.sleep(10)
 
 
+@pytest.mark.looptime(False)  # the stall is real: a blocking call holds the loop
 async def test_deadline_lets_a_reply_that_arrived_during_a_stall_through() -> None:
     """A blocked loop must not turn a reply that is already there into a timeout."""
     loop = asyncio.get_running_loop()

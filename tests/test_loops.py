@@ -10,9 +10,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from conftest import KEY
+from fake_server import FakeLLMServer
 from kernel_harness import Kernel
 
 pytestmark = pytest.mark.kernel
@@ -22,18 +24,33 @@ import asyncio, sys
 import pandas as pd
 import notebook_kit as kit
 df = pd.DataFrame({"prompt": [f"question {i}" for i in range(40)]})
-slow = kit.DemoProvider(latency=0.5, jitter=0.0)
 """
 
 
 @pytest.fixture
-def kernel() -> Iterator[Kernel]:
+def kernel(server: FakeLLMServer) -> Iterator[Kernel]:
+    """A kernel with `slow`: the fake server answering after 0.5 s (it is the witness of
+    what was sent, so tests interrupt once it has answered, not after a fixed sleep)."""
+    server.configure(latency=0.5)
     k = Kernel(sys.executable)
     try:
         k.run(SETUP)
+        k.run(f"slow = kit.OpenAIProvider(base_url={server.openai_base_url!r}, api_key={KEY!r})")
         yield k
     finally:
         k.close()
+
+
+def answered(server: FakeLLMServer) -> int:
+    return int(server.stats()["responses"].get("200", 0))
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not reached within {seconds} s")
+        time.sleep(0.02)
 
 
 def test_await_run_df_in_a_kernel_cell(kernel: Kernel) -> None:
@@ -66,12 +83,14 @@ def test_nest_asyncio_is_an_explicit_opt_in(kernel: Kernel) -> None:
     assert "{'ok': 40} True" in out
 
 
-def test_interrupting_an_awaited_run_keeps_the_partial_frame(kernel: Kernel) -> None:
+def test_interrupting_an_awaited_run_keeps_the_partial_frame(
+    kernel: Kernel, server: FakeLLMServer
+) -> None:
     cell = kernel.execute(
         "r = await kit.run_df(df, 'prompt', provider=slow, concurrency=4, progress=False)",
         wait=False,
     )
-    time.sleep(2.0)
+    wait_for(lambda: answered(server) >= 6)
     kernel.interrupt()
     kernel.wait(cell, timeout=20)
     reply = kernel.reply(cell)
@@ -88,12 +107,14 @@ def test_interrupting_an_awaited_run_keeps_the_partial_frame(kernel: Kernel) -> 
     assert "['interrupted']" in out
 
 
-def test_interrupting_run_df_sync_in_a_kernel_keeps_the_partial_frame(kernel: Kernel) -> None:
+def test_interrupting_run_df_sync_in_a_kernel_keeps_the_partial_frame(
+    kernel: Kernel, server: FakeLLMServer
+) -> None:
     cell = kernel.execute(
         "r = kit.run_df_sync(df, 'prompt', provider=slow, concurrency=4, progress=False)",
         wait=False,
     )
-    time.sleep(2.0)
+    wait_for(lambda: answered(server) >= 6)
     kernel.interrupt()
     kernel.wait(cell, timeout=20)
     assert kernel.reply(cell)["ename"] == "KeyboardInterrupt"
@@ -104,11 +125,15 @@ def test_interrupting_run_df_sync_in_a_kernel_keeps_the_partial_frame(kernel: Ke
 
 SCRIPT = textwrap.dedent(
     """
+    import sys
     import pandas as pd
     import notebook_kit as kit
     df = pd.DataFrame({"prompt": [f"q{i}" for i in range(40)]})
+    provider = kit.DemoProvider(latency=0.01)
+    if len(sys.argv) > 1:
+        provider = kit.OpenAIProvider(base_url=sys.argv[1], api_key=sys.argv[2])
     try:
-        r = kit.run_df_sync(df, "prompt", provider=kit.DemoProvider(latency=LATENCY), concurrency=4)
+        r = kit.run_df_sync(df, "prompt", provider=provider, concurrency=4)
         print("DONE", r.status.value_counts().to_dict(), flush=True)
     except KeyboardInterrupt:
         print("PARTIAL", kit.last_result().status.value_counts().to_dict(), flush=True)
@@ -117,15 +142,15 @@ SCRIPT = textwrap.dedent(
 
 
 def test_run_df_sync_in_a_plain_script() -> None:
-    code = SCRIPT.replace("LATENCY", "0.01")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
     assert "DONE {'ok': 40}" in out.stdout, out.stderr
 
 
-def test_ctrl_c_in_a_script_keeps_the_partial_frame() -> None:
-    code = SCRIPT.replace("LATENCY", "0.5")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    time.sleep(3.0)
+def test_ctrl_c_in_a_script_keeps_the_partial_frame(server: FakeLLMServer) -> None:
+    server.configure(latency=0.5)
+    command = [sys.executable, "-c", SCRIPT, server.openai_base_url, KEY]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: answered(server) >= 6)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert out.startswith("PARTIAL"), out

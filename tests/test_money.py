@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pandas as pd
@@ -51,9 +50,12 @@ async def run(server: FakeLLMServer, df: pd.DataFrame, **kwargs: Any) -> pd.Data
 def billed(server: FakeLLMServer) -> float:
     stats = server.stats()
     return (
-        stats["tokens_billed_input"] * PRICE["input"]
-        + stats["tokens_billed_output"] * PRICE["output"]
-    ) / 1e6
+        float(
+            stats["tokens_billed_input"] * PRICE["input"]
+            + stats["tokens_billed_output"] * PRICE["output"]
+        )
+        / 1e6
+    )
 
 
 async def test_cost_columns_are_the_price_table_times_the_servers_usage(
@@ -137,7 +139,7 @@ async def test_a_budget_set_mid_run_counts_what_was_already_spent(
     spent = billed(server)
     job.set_budget(spent + 0.05)  # only five cents more
     await eventually(lambda: job.state == "paused at the budget")
-    await asyncio.sleep(0.2)
+    await eventually(lambda: job.snapshot().in_flight == 0)  # everything sent has come back
     assert billed(server) <= spent + 0.05 + 1e-9
     job.cancel()
     result = await job
@@ -165,33 +167,16 @@ async def test_rate_limit_waits_use_up_no_attempts(server: FakeLLMServer) -> Non
     assert result["attempts"].tolist() == [7, 1]  # every request sent is counted
 
 
-async def test_adaptive_concurrency_gets_fewer_429s_than_a_fixed_limit(
-    server: FakeLLMServer,
-) -> None:
-    """Against an undisclosed limit (no rate headers) in the same test run."""
-    server.configure(latency=0.25, rpm_limit=1200, rate_window=1.0, rate_headers=False)
-    counts = {}
-    for adaptive in (False, True):
-        server.reset_stats()
-        await asyncio.sleep(1.1)  # let the server's window empty
-        result = await run(server, prompts(150, f"a{adaptive}"), concurrency=40, adaptive=adaptive)
-        assert (result["status"] == "ok").all()
-        counts[adaptive] = server.stats()["count_429"]
-    print("429s with a fixed limit / adaptive:", counts[False], counts[True])
-    assert counts[True] < counts[False], counts
-
-
 async def test_rate_headers_pause_starts_when_the_quota_is_used_up(
     server: FakeLLMServer,
 ) -> None:
-    server.configure(latency=0.05, rpm_limit=600, rate_window=1.0)  # 10 per second, disclosed
-    result = await run(server, prompts(40), concurrency=3, adaptive=False)
+    server.configure(latency=0.05, rpm_limit=1200, rate_window=1.0)  # 20 per second, disclosed
+    result = await run(server, prompts(24), concurrency=3, adaptive=False)
     assert (result["status"] == "ok").all()
     with_headers = server.stats()["count_429"]
-    server.reset_stats()
+    server.reset_stats()  # also empties the server's rate windows
     server.configure(rate_headers=False)
-    await asyncio.sleep(1.1)
-    await run(server, prompts(40, "again"), concurrency=3, adaptive=False)
+    await run(server, prompts(24, "again"), concurrency=3, adaptive=False)
     without = server.stats()["count_429"]
     print("429s with rate headers / without:", with_headers, without)
     assert with_headers < without
@@ -216,7 +201,7 @@ def test_estimate_before_a_run(server: FakeLLMServer) -> None:
     assert value["input tokens"] == (100 + 4) + (10 + 4)
     assert value["cost USD (at most)"] == pytest.approx((118 * 1000 + 200 * 2000) / 1e6)
     assert value["cost USD (expected)"] == pytest.approx((118 * 1000 + 100 * 2000) / 1e6)
-    assert "rpm=60" in table.loc["wall time s (expected)", "how"]
+    assert "rpm=60" in str(table.loc["wall time s (expected)", "how"])
     assert server.stats()["requests_total"] == 0  # nothing was called
 
 

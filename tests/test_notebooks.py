@@ -22,7 +22,7 @@ BUDGET_S = 120  # each lesson must fit in class time on the demo model
 
 
 def execute(name: str) -> tuple[nbformat.NotebookNode, float]:
-    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)  # type: ignore[no-untyped-call]
     client = NotebookClient(
         notebook,
         timeout=BUDGET_S,

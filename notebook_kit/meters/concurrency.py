@@ -154,8 +154,9 @@ class ConcurrencyMeter:
             on_change=lambda value: on_change(value, self.adaptive.target),
         )
 
-    async def acquire(self, request: Request) -> None:
+    async def acquire(self, request: Request) -> object:
         await self.limit.acquire()
+        return None
 
     def release(self, held: object, outcome: AttemptOutcome) -> None:
         self.limit.release()

@@ -33,7 +33,8 @@ class DemoProvider(Provider):
 
     latency: median seconds per reply (lognormal with `jitter` as sigma; 0 for instant).
     error_rate, timeout_rate, rate_limit_rate: chance per request of a simulated 500,
-    a hang (ended by the kit's `timeout`), or a 429 with `retry_after` seconds.
+    a hang (ended by the kit's `timeout`), or a 429 with `retry_after` seconds (None: a
+    429 without Retry-After; a negative or NaN value, as some servers send, is sent as is).
     rpm: a simulated server limit, enforced as rpm/60 requests per sliding second (as
     providers do); requests beyond it get a 429 whose Retry-After says when to come back.
     """
@@ -49,7 +50,7 @@ class DemoProvider(Provider):
         error_rate: float = 0.0,
         timeout_rate: float = 0.0,
         rate_limit_rate: float = 0.0,
-        retry_after: float = 1.0,
+        retry_after: float | None = 1.0,
         rpm: float | None = None,
         seed: int = 0,
     ) -> None:
@@ -140,7 +141,6 @@ class _DemoSession:
         if draw < model.error_rate:
             raise CallError(ErrorType.SERVER, "HTTP 500: simulated server error", status=500)
         return reply(request)
-
 
 
 def reply(request: Request) -> Completion:
