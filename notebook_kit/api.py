@@ -12,13 +12,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Unpack
 
-import numpy as np
 import pandas as pd
 
 from . import frame as frames
 from . import history
 from .cache import Cache
-from .config import RunConfig
 from .errors import ConfigError, RunError
 from .job import Job
 from .kernel import controls_live_while_awaiting, display_in_cell, in_notebook
@@ -36,8 +34,8 @@ from .preflight import estimate_run
 from .progress import ProgressBar
 from .providers import DEMO_NOTICE, resolve
 from .reporting import RunReport
+from .rerun import failed_rows, merged, rerun_job
 from .session import defaults
-from .types import ErrorType
 from .ui import DefaultsPanel, Panel
 
 AWAIT_HINT = (
@@ -141,22 +139,19 @@ async def retry_failed(
             "this frame carries no notebook_kit settings (result.attrs['notebook_kit'] is gone, "
             "e.g. after pd.concat); run it again with run_df(...)"
         )
-    mask = result["status"].ne("ok").fillna(True)
-    if only is not None:
-        mask &= result["error_type"].isin(_error_types(only)).fillna(False)
-    positions = np.flatnonzero(mask.to_numpy(dtype=bool))
+    positions = failed_rows(result, only)
     if len(positions) == 0:
         return result.copy()
-    job = _retry_job(result.iloc[positions], meta, prompt, options)
+    job = rerun_job(result.iloc[positions], meta, prompt, options)
     _attach_display(job)
     try:
         rerun = await job.run()
     except (asyncio.CancelledError, RunError) as exc:
-        merged = _merged(result, positions, job, meta)
+        partial = merged(result, positions, job, meta)
         if isinstance(exc, RunError):
-            exc.partial = merged
+            exc.partial = partial
         raise
-    return _merged(result, positions, job, meta, rerun)
+    return merged(result, positions, job, meta, rerun)
 
 
 @shows_run_options
@@ -260,37 +255,6 @@ def _job(
     )
 
 
-def _retry_job(
-    rows: pd.DataFrame, meta: dict[str, Any], prompt: str | None, kwargs: Mapping[str, Any]
-) -> Job:
-    options = checked(kwargs, entry="retry_failed")
-    fixed = [k for k in ("output_col", "limit") if k in options]
-    if fixed:
-        raise ConfigError(f"retry_failed re-runs rows of the same frame: it takes no {fixed}")
-    given = inputs(options) | ({"prompt": prompt} if prompt is not None else {})
-    kept = {k: meta[k] for k in ("prompt", *frames.INPUT_KEYS) if k in meta}
-    if {"prompt", "template", "messages_col"} & given.keys():  # a new way to build prompts
-        kept = {k: v for k, v in kept.items() if k not in ("prompt", "template", "messages_col")}
-    plan = frames.plan(rows, **(kept | given))
-    record = history.lookup(meta.get("run_id"))
-    if record is not None and not {"provider", "base_url", "api_key"} & options.keys():
-        provider, base = record.provider, record.config
-    else:
-        provider, _ = resolve(
-            options.get("provider") or meta.get("provider"),
-            base_url=options.get("base_url") or meta.get("provider_settings", {}).get("base_url"),
-            api_key=options.get("api_key"),
-        )
-        base = RunConfig.from_meta(meta, default_model=provider.default_model)
-    return Job(
-        plan,
-        provider,
-        run_config(options, provider, base=base),
-        cache=chosen_cache(options.get("cache")),
-        progress=options.get("progress") is not False,
-    )
-
-
 def _attach_display(
     job: Job, *, hint: str | None = None, panel: bool | None = None, models: Sequence[str] = ()
 ) -> None:
@@ -307,34 +271,3 @@ def _report_failure(task: asyncio.Task[pd.DataFrame]) -> None:
     """A background job's error is kept for `await job` and logged, never lost."""
     if not task.cancelled() and (error := task.exception()) is not None:
         log.warning("background job %s failed: %s", task.get_name(), error)
-
-
-def _merged(
-    result: pd.DataFrame,
-    positions: np.ndarray[Any, Any],
-    job: Job,
-    meta: dict[str, Any],
-    rerun: pd.DataFrame | None = None,
-) -> pd.DataFrame:
-    rerun = rerun if rerun is not None else job.result
-    assert rerun is not None
-    merged = frames.merge(result, positions, rerun, job.plan.added_columns)
-    counts = merged["status"].value_counts()
-    merged.attrs[frames.META_KEY] = {
-        **meta,
-        **rerun.attrs[frames.META_KEY],
-        "counts": {str(k): int(v) for k, v in counts.items()},
-        "retried_rows": len(positions),
-        "retried_from": meta.get("run_id"),
-    }
-    history.set_last(merged)
-    return merged
-
-
-def _error_types(only: Iterable[str]) -> list[str]:
-    kinds = [str(k) for k in ([only] if isinstance(only, str) else only)]
-    known = {e.value for e in ErrorType}
-    unknown = [k for k in kinds if k not in known]
-    if unknown:
-        raise ConfigError(f"unknown error type(s) {unknown}; known: {sorted(known)}")
-    return kinds

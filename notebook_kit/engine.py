@@ -11,20 +11,16 @@ outcome; the `Retrier` decides what follows a failure. Displays read events and
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
+from .attempt import Attempts
 from .cache import Cache
 from .clock import Clock, LoopClock
 from .config import RunConfig
-from .deadline import Deadline
 from .dedupe import Reuse
 from .errors import RUN_ERRORS, CallError, RunError
 from .events import (
-    AttemptFinished,
-    AttemptStarted,
     EventBus,
     LimitChanged,
     Paused,
@@ -45,28 +41,17 @@ from .meters import (
     Refused,
     StartGate,
 )
-from .pricing import cost_of
-from .providers.base import Provider, Session
+from .providers.base import Provider
 from .reporting import RunStats, Snapshot
-from .retry import Retrier, RowTries
-from .types import Completion, ErrorType, Request, RowResult, RowStatus
+from .retry import Retrier
+from .rows import Row
+from .types import Completion, ErrorType, Request, RowResult
 
 log = logging.getLogger("notebook_kit")
 
 
 class _Stopped(Exception):
     """Raised inside a row when the run stops before its next attempt could start."""
-
-
-@dataclass(slots=True)
-class _Row:
-    request: Request
-    held: list[tuple[Meter, object]]  # meters acquired for the coming or current attempt
-    tries: RowTries = dataclasses.field(default_factory=RowTries)
-    in_flight: bool = False
-    latency: float | None = None  # seconds the last request took
-    wait: float | None = None  # the retrier's wait after the last failure (None: final)
-    cost: float | None = None  # what the last reply was billed
 
 
 class Engine:
@@ -118,8 +103,8 @@ class Engine:
             finish=self._finish,
         )
         self._stopping = asyncio.Event()
-        self._rows: dict[asyncio.Task[None], _Row] = {}
-        self._session: Session | None = None
+        self._rows: dict[asyncio.Task[None], Row] = {}
+        self._attempts: Attempts
 
     # -- what displays read --------------------------------------------------------------
 
@@ -188,7 +173,14 @@ class Engine:
         limit = self.concurrency.limit.total
         self._emit(LimitChanged(t=0.0, limit=limit, target=limit))
         async with self.provider.session(timeout=self.config.timeout, clock=self.clock) as s:
-            self._session = s
+            self._attempts = Attempts(
+                s,
+                timeout=self.config.timeout,
+                clock=self.clock,
+                retrier=self._retrier,
+                emit=self._emit,
+                since=self._t0,
+            )
             try:
                 await self._dispatch(iter(items))
                 await self._drain()
@@ -225,7 +217,7 @@ class Engine:
                 self.concurrency.release(held, AttemptOutcome(item, sent=False))
                 self._reuse.abandon(print_)
                 break
-            row = _Row(item, [(self.concurrency, held)])
+            row = Row(item, [(self.concurrency, held)])
             task = asyncio.create_task(self._run_row(row, print_))
             self._rows[task] = row
             task.add_done_callback(self._row_done)
@@ -240,47 +232,34 @@ class Engine:
     def _row_done(self, task: asyncio.Task[None]) -> None:
         row = self._rows.pop(task)
         if row.held:  # stopped while it waited in a meter, or before its task ever ran
-            self._release(row, AttemptOutcome(row.request, sent=False))
+            row.release(AttemptOutcome(row.request, sent=False))
 
-    async def _run_row(self, row: _Row, print_: str) -> None:
+    async def _run_row(self, row: Row, print_: str) -> None:
         request = row.request
         if self.events.wants(RowStarted):
             self._emit(RowStarted(t=self._now(), key=request.key))
         completion: Completion | None = None
         try:
-            completion = await self._attempts(row)
+            completion = await self._until_done(row)
         except CallError as exc:
             if exc.fatal:
                 self._abort(exc)
-            result = self._failed(row, exc)
+            result = row.failed(exc, self._retrier.give_up_note(exc))
         except Refused as exc:
             self._begin_stop(exc.reason)
-            result = self._cancelled(row)
+            result = row.cancelled(self.stop_reason)
         except (_Stopped, asyncio.CancelledError):
-            result = self._cancelled(row)
+            result = row.cancelled(self.stop_reason)
         except Exception as exc:
             detail = self.provider.redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
             log.warning("row %d failed unexpectedly: %s", request.key, detail)
-            unexpected = CallError(ErrorType.UNEXPECTED, f"unexpected error: {detail}")
-            result = self._failed(row, unexpected)
+            result = row.failed(CallError(ErrorType.UNEXPECTED, f"unexpected error: {detail}"))
         else:
-            result = RowResult(
-                key=request.key,
-                status=RowStatus.OK,
-                text=completion.text,
-                attempts=row.tries.sent,
-                latency_s=row.latency,
-                input_tokens=completion.input_tokens,
-                output_tokens=completion.output_tokens,
-                cost_usd=row.cost,
-                finish_reason=completion.finish_reason,
-                request_id=completion.request_id,
-                model=completion.model,
-            )
+            result = row.succeeded(completion)
         self._finish(result, "call")
         self._reuse.settle(print_, request, result, completion)
 
-    async def _attempts(self, row: _Row) -> Completion:
+    async def _until_done(self, row: Row) -> Completion:
         """Attempts until one succeeds or the retrier gives up (then its error is raised)."""
         while True:
             if self._stopping.is_set():
@@ -289,7 +268,7 @@ class Engine:
             for meter in self._meters[1:] if row.held else self._meters:
                 row.held.append((meter, await meter.acquire(row.request)))
             try:
-                return await self._send(row)
+                return await self._attempts.send(row)
             except CallError:
                 if row.wait is None:
                     raise
@@ -297,68 +276,7 @@ class Engine:
                 raise _Stopped
             await self.clock.sleep(row.wait)
 
-    async def _send(self, row: _Row) -> Completion:
-        """One request with its deadline; releases the meters and publishes the outcome."""
-        request, tries, key = row.request, row.tries, row.request.key
-        tries.sent += 1
-        attempt = tries.sent
-        row.in_flight = True
-        start = self._now()
-        self._emit(AttemptStarted(t=start, key=key, attempt=attempt))
-        completion: Completion | None = None
-        error: CallError | None = None
-        outcome, row.wait, row.cost = "ok", None, None
-        try:
-            completion = await self._call(request)
-            row.cost = self._cost(request, completion)
-            return completion
-        except CallError as exc:
-            error, outcome = exc, exc.error_type.value
-            row.wait = self._retrier.wait_before_retry(exc, tries)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("row %d attempt %d: %s", key, attempt, exc)
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except Exception:
-            outcome = ErrorType.UNEXPECTED.value
-            raise
-        finally:
-            end = self._now()
-            row.in_flight = False
-            row.latency = round(end - start, 4)
-            self._release(row, AttemptOutcome(request, True, completion, error, row.cost))
-            self._emit(
-                AttemptFinished(
-                    t=end,
-                    key=key,
-                    attempt=attempt,
-                    started=start,
-                    outcome=outcome,
-                    input_tokens=completion.input_tokens if completion else None,
-                    output_tokens=completion.output_tokens if completion else None,
-                    cost_usd=row.cost,
-                    wait_s=row.wait,
-                )
-            )
-
-    async def _call(self, request: Request) -> Completion:
-        assert self._session is not None
-        try:
-            async with Deadline(self.config.timeout, self.clock):
-                return await self._session.complete(request)
-        except TimeoutError:
-            raise CallError(
-                ErrorType.TIMEOUT, f"no reply within timeout={self.config.timeout:g} s"
-            ) from None
-
     # -- helpers -------------------------------------------------------------------------
-
-    def _release(self, row: _Row, outcome: AttemptOutcome) -> None:
-        held, row.held = row.held, []
-        for meter, token in reversed(held):
-            meter.release(token, outcome)
 
     def _budget_meter(self, usd: float, *, spent: float = 0.0) -> BudgetMeter:
         def reached() -> None:
@@ -370,31 +288,6 @@ class Engine:
             pause_at_budget=self.config.pause_at_budget,
             on_reached=reached,
             spent=spent,
-        )
-
-    def _cost(self, request: Request, completion: Completion) -> float | None:
-        return cost_of(
-            completion.model or request.model, completion.input_tokens, completion.output_tokens
-        )
-
-    def _failed(self, row: _Row, exc: CallError) -> RowResult:
-        return RowResult(
-            key=row.request.key,
-            status=RowStatus.ERROR,
-            error=str(exc) + self._retrier.give_up_note(exc),
-            error_type=exc.error_type,
-            attempts=row.tries.sent,
-            latency_s=row.latency,
-            request_id=exc.request_id,
-        )
-
-    def _cancelled(self, row: _Row) -> RowResult:
-        return RowResult(
-            key=row.request.key,
-            status=RowStatus.CANCELLED,
-            error=self.stop_reason or "cancelled",
-            error_type=ErrorType.CANCELLED,
-            attempts=row.tries.sent,
         )
 
     def _abort(self, exc: CallError) -> None:

@@ -3,25 +3,21 @@
 Input rules (checked before any call):
 - exactly one of a prompt column (or a Series), `template=` or `messages_col=`;
 - every named column must exist (the error lists the ones that do);
-- a missing, NaN or blank prompt makes the row `skipped`; numbers and booleans are sent as
-  `str(value)`; other objects (lists, dicts, bytes) fail their row as `invalid_input`;
-- the frame may not hold a column the kit adds, unless it is a frame the kit produced.
+- the frame may not hold a column the kit adds, unless it is a frame the kit produced;
+- what each row's cells become is `cells.py`'s business.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import string
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
-from numbers import Number
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from . import cells
 from .errors import ConfigError
 from .types import ErrorType, Request, RowResult, RowStatus
 
@@ -82,38 +78,38 @@ class Plan:
             if isinstance(content, RowResult):
                 yield content
                 continue
-            system = _text(systems[key]) if systems is not None else self.system
+            system = cells.text_or_none(systems[key]) if systems is not None else self.system
             messages = (
                 content if isinstance(content, list) else [{"role": "user", "content": content}]
             )
             if system and not any(m.get("role") == "system" for m in messages):
                 messages = [{"role": "system", "content": system}, *messages]
-            problem = _encoding_problem(messages)
+            problem = cells.encoding_problem(messages)
             if problem:
-                yield _row_fault(key, ErrorType.INVALID_INPUT, problem)
+                yield cells.row_fault(key, ErrorType.INVALID_INPUT, problem)
                 continue
-            model = _text(models[key]) if models is not None else None
+            model = cells.text_or_none(models[key]) if models is not None else None
             yield Request(key=key, messages=messages, model=model, params=params)
 
     def _contents(self) -> Iterator[str | list[dict[str, Any]] | RowResult]:
         frame = self.frame
         if self.messages_col is not None:
             for key, value in enumerate(frame[self.messages_col].tolist()):
-                yield _messages(key, value)
+                yield cells.messages_of(key, value)
         elif self.template is not None:
-            fields = template_fields(self.template)
+            fields = cells.template_fields(self.template)
             columns = {name: frame[name].tolist() for name in fields}
             for key in range(len(frame)):
                 row = {name: values[key] for name, values in columns.items()}
-                empty = [name for name, value in row.items() if _is_missing(value)]
+                empty = [name for name, value in row.items() if cells.is_missing(value)]
                 if empty:
-                    yield _skip(key, f"template field {empty[0]!r} is empty")
+                    yield cells.skip(key, f"template field {empty[0]!r} is empty")
                     continue
-                yield _render(self.template, row, key)
+                yield cells.render(self.template, row, key)
         else:
             assert self.prompt is not None
             for key, value in enumerate(frame[self.prompt].tolist()):
-                yield _prompt(key, value)
+                yield cells.prompt_of(key, value)
 
 
 def plan(
@@ -151,7 +147,7 @@ def plan(
     frame = without_kit_columns(data, output_col)
     named = [c for c in (prompt, messages_col, system_col, model_col) if c is not None]
     if template is not None:
-        named += template_fields(template)
+        named += cells.template_fields(template)
     for column in named:
         _require_column(frame, column)
     clash = [c for c in (output_col, *STATUS_COLUMNS) if c in frame.columns]
@@ -182,26 +178,6 @@ def without_kit_columns(data: pd.DataFrame, output_col: str) -> pd.DataFrame:
     else:
         return data
     return data.drop(columns=[c for c in added if c in data.columns])
-
-
-def template_fields(template: str) -> list[str]:
-    """Column names a template refers to, in order, without repeats."""
-    names: list[str] = []
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ConfigError(
-            f"the template is not valid: {exc} (write {{{{ and }}}} for braces)"
-        ) from None
-    for _, field, _, _ in parsed:
-        if field is None:
-            continue
-        name = field.split(".", 1)[0].split("[", 1)[0]
-        if not name or name.isdigit():
-            raise ConfigError("template fields must name columns, e.g. 'Summarize: {text}'")
-        if name not in names:
-            names.append(name)
-    return names
 
 
 def build(
@@ -273,78 +249,3 @@ def _require_column(frame: pd.DataFrame, column: str) -> None:
     close = get_close_matches(column, existing, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(f"no column {column!r}; the frame has {existing}.{hint}")
-
-
-def _is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    return isinstance(value, float) and math.isnan(value)
-
-
-def _text(value: Any) -> str | None:
-    return None if _is_missing(value) or str(value).strip() == "" else str(value)
-
-
-def _prompt(key: int, value: Any) -> str | RowResult:
-    if _is_missing(value) or (isinstance(value, str) and not value.strip()):
-        return _skip(key, "the prompt is empty")
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Number | bool):
-        return str(value)
-    return _row_fault(
-        key,
-        ErrorType.INVALID_INPUT,
-        f"the prompt must be text, got {type(value).__name__}; "
-        "use messages_col=... for rows that hold chat message lists",
-    )
-
-
-def _render(template: str, row: dict[str, Any], key: int) -> str | RowResult:
-    """The row's prompt, or an `invalid_input` fault (e.g. "{price:.2f}" over a text)."""
-    try:
-        return template.format_map(row)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        problem = f"the template does not fit this row: {type(exc).__name__}: {exc}"
-        return _row_fault(key, ErrorType.INVALID_INPUT, problem)
-
-
-def _messages(key: int, value: Any) -> list[dict[str, Any]] | RowResult:
-    if _is_missing(value):
-        return _skip(key, "the message list is empty")
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return _row_fault(key, ErrorType.INVALID_INPUT, "messages_col holds text, not JSON")
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    valid = isinstance(value, list) and all(
-        isinstance(m, Mapping) and "role" in m and "content" in m for m in value
-    )
-    if not valid:
-        return _row_fault(
-            key,
-            ErrorType.INVALID_INPUT,
-            "messages_col must hold lists like [{'role': 'user', 'content': '...'}]",
-        )
-    if not value:
-        return _skip(key, "the message list is empty")
-    return [dict(m) for m in value]
-
-
-def _encoding_problem(messages: list[dict[str, Any]]) -> str | None:
-    for message in messages:
-        try:
-            str(message.get("content", "")).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return f"the text cannot be sent: {exc.reason} at position {exc.start}"
-    return None
-
-
-def _skip(key: int, reason: str) -> RowResult:
-    return RowResult(key=key, status=RowStatus.SKIPPED, error=reason)
-
-
-def _row_fault(key: int, kind: ErrorType, message: str) -> RowResult:
-    return RowResult(key=key, status=RowStatus.ERROR, error=message, error_type=kind)

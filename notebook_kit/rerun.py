@@ -1,0 +1,92 @@
+"""Re-running the rows of a result that did not end `ok`, with the settings that made it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import frame as frames
+from . import history
+from .config import RunConfig
+from .errors import ConfigError
+from .job import Job
+from .options import checked, chosen_cache, inputs, run_config
+from .providers import resolve
+from .types import ErrorType
+
+
+def failed_rows(result: pd.DataFrame, only: Iterable[str] | None) -> np.ndarray[Any, Any]:
+    """Positions of the rows to re-run: status not `ok`, of the given error types if any."""
+    mask = result["status"].ne("ok").fillna(True)
+    if only is not None:
+        mask &= result["error_type"].isin(error_types(only)).fillna(False)
+    return np.flatnonzero(mask.to_numpy(dtype=bool))
+
+
+def rerun_job(
+    rows: pd.DataFrame, meta: dict[str, Any], prompt: str | None, kwargs: Mapping[str, Any]
+) -> Job:
+    """A job over `rows` with the original run's settings (from memory, else from `meta`),
+    the given options applied on top."""
+    options = checked(kwargs, entry="retry_failed")
+    fixed = [k for k in ("output_col", "limit") if k in options]
+    if fixed:
+        raise ConfigError(f"retry_failed re-runs rows of the same frame: it takes no {fixed}")
+    given = inputs(options) | ({"prompt": prompt} if prompt is not None else {})
+    kept = {k: meta[k] for k in ("prompt", *frames.INPUT_KEYS) if k in meta}
+    if {"prompt", "template", "messages_col"} & given.keys():  # a new way to build prompts
+        kept = {k: v for k, v in kept.items() if k not in ("prompt", "template", "messages_col")}
+    plan = frames.plan(rows, **(kept | given))
+    record = history.lookup(meta.get("run_id"))
+    if record is not None and not {"provider", "base_url", "api_key"} & options.keys():
+        provider, base = record.provider, record.config
+    else:
+        provider, _ = resolve(
+            options.get("provider") or meta.get("provider"),
+            base_url=options.get("base_url") or meta.get("provider_settings", {}).get("base_url"),
+            api_key=options.get("api_key"),
+        )
+        base = RunConfig.from_meta(meta, default_model=provider.default_model)
+    return Job(
+        plan,
+        provider,
+        run_config(options, provider, base=base),
+        cache=chosen_cache(options.get("cache")),
+        progress=options.get("progress") is not False,
+    )
+
+
+def merged(
+    result: pd.DataFrame,
+    positions: np.ndarray[Any, Any],
+    job: Job,
+    meta: dict[str, Any],
+    rerun: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """`result` with the re-run rows replaced (the rows so far, if the re-run stopped)."""
+    rerun = rerun if rerun is not None else job.result
+    assert rerun is not None
+    frame = frames.merge(result, positions, rerun, job.plan.added_columns)
+    counts = frame["status"].value_counts()
+    frame.attrs[frames.META_KEY] = {
+        **meta,
+        **rerun.attrs[frames.META_KEY],
+        "counts": {str(k): int(v) for k, v in counts.items()},
+        "retried_rows": len(positions),
+        "retried_from": meta.get("run_id"),
+    }
+    history.set_last(frame)
+    return frame
+
+
+def error_types(only: Iterable[str]) -> list[str]:
+    """The error types named in `only=`, checked against the known ones."""
+    kinds = [str(k) for k in ([only] if isinstance(only, str) else only)]
+    known = {e.value for e in ErrorType}
+    unknown = [k for k in kinds if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown error type(s) {unknown}; known: {sorted(known)}")
+    return kinds

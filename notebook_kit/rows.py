@@ -1,0 +1,65 @@
+"""One row on its way through a run: its state, and the result it ends with."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import CallError
+from .meters import AttemptOutcome, Meter
+from .retry import RowTries
+from .types import Completion, ErrorType, Request, RowResult, RowStatus
+
+
+@dataclass(slots=True)
+class Row:
+    """A row that took its concurrency slot: what it holds and how its attempts went."""
+
+    request: Request
+    held: list[tuple[Meter, object]]  # meters acquired for the coming or current attempt
+    tries: RowTries = dataclasses.field(default_factory=RowTries)
+    in_flight: bool = False
+    latency: float | None = None  # seconds the last request took
+    wait: float | None = None  # the retrier's wait after the last failure (None: final)
+    cost: float | None = None  # what the last reply was billed
+
+    def release(self, outcome: AttemptOutcome) -> None:
+        """Give back every meter held, last acquired first."""
+        held, self.held = self.held, []
+        for meter, token in reversed(held):
+            meter.release(token, outcome)
+
+    def succeeded(self, completion: Completion) -> RowResult:
+        return RowResult(
+            key=self.request.key,
+            status=RowStatus.OK,
+            text=completion.text,
+            attempts=self.tries.sent,
+            latency_s=self.latency,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            cost_usd=self.cost,
+            finish_reason=completion.finish_reason,
+            request_id=completion.request_id,
+            model=completion.model,
+        )
+
+    def failed(self, error: CallError, note: str = "") -> RowResult:
+        return RowResult(
+            key=self.request.key,
+            status=RowStatus.ERROR,
+            error=str(error) + note,
+            error_type=error.error_type,
+            attempts=self.tries.sent,
+            latency_s=self.latency,
+            request_id=error.request_id,
+        )
+
+    def cancelled(self, reason: str | None) -> RowResult:
+        return RowResult(
+            key=self.request.key,
+            status=RowStatus.CANCELLED,
+            error=reason or "cancelled",
+            error_type=ErrorType.CANCELLED,
+            attempts=self.tries.sent,
+        )
