@@ -272,7 +272,7 @@ def test_a_put_as_the_writer_retires_is_still_written(
 
 async def test_a_model_switched_mid_run_is_cached_under_the_model_used(tmp_path: Path) -> None:
     path = tmp_path / "switch.sqlite"
-    demo = kit.DemoProvider(latency=0.05)
+    demo = kit.DemoProvider(latency=0.02)
     df = prompts(40)
     job = kit.start(df, "prompt", provider=demo, concurrency=2, cache=path, progress=False)
     for _ in range(200):

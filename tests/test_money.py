@@ -170,13 +170,13 @@ async def test_rate_limit_waits_use_up_no_attempts(server: FakeLLMServer) -> Non
 async def test_rate_headers_pause_starts_when_the_quota_is_used_up(
     server: FakeLLMServer,
 ) -> None:
-    server.configure(latency=0.05, rpm_limit=1200, rate_window=1.0)  # 20 per second, disclosed
-    result = await run(server, prompts(24), concurrency=3, adaptive=False)
+    server.configure(latency=0.05, rpm_limit=600, rate_window=1.0)  # 10 per second, disclosed
+    result = await run(server, prompts(16), concurrency=3, adaptive=False)
     assert (result["status"] == "ok").all()
     with_headers = server.stats()["count_429"]
     server.reset_stats()  # also empties the server's rate windows
     server.configure(rate_headers=False)
-    await run(server, prompts(24, "again"), concurrency=3, adaptive=False)
+    await run(server, prompts(16, "again"), concurrency=3, adaptive=False)
     without = server.stats()["count_429"]
     print("429s with rate headers / without:", with_headers, without)
     assert with_headers < without

@@ -57,7 +57,7 @@ async def test_slider_raises_and_lowers_the_servers_in_flight_level(
 
 
 async def test_model_menu_applies_to_rows_not_started(server: FakeLLMServer) -> None:
-    server.configure(latency=0.05)
+    server.configure(latency=0.02)
     job = start(server, prompts(30), concurrency=2, model="gpt-a", models=["gpt-b"])
     assert job.panel is not None
     assert list(job.panel.model.options)[:2] == ["gpt-a", "gpt-b"]
