@@ -55,7 +55,7 @@ class Attempts:
         try:
             completion = await self._call(request)
             row.cost = cost_of(
-                completion.model or request.model,
+                (completion.model, request.model),
                 completion.input_tokens,
                 completion.output_tokens,
             )

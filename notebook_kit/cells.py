@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import json
-import math
 import string
 from collections.abc import Mapping
 from numbers import Number
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
@@ -42,9 +42,14 @@ def template_fields(template: str) -> list[str]:
 
 
 def is_missing(value: Any) -> bool:
+    """None, NA, NaN of any float type (numpy's too), NaT, and Decimal NaN."""
     if value is None or value is pd.NA:
         return True
-    return isinstance(value, float) and math.isnan(value)
+    try:
+        missing = pd.isna(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(missing, bool | np.bool_) and bool(missing)
 
 
 def text_or_none(value: Any) -> str | None:

@@ -61,9 +61,11 @@ def _demo(args: argparse.Namespace) -> int:
     busy = float(result["latency_s"].sum(skipna=True))
     print(f"\n{len(result)} rows with {meta['provider']}:{meta['model']} in {wall:.1f} s")
     print(f"status: {meta['counts']}  requests sent: {meta['requests']}")
+    cost = meta["cost_usd"]
+    cost_text = "unknown (no price for this model)" if cost is None else f"${cost:.4f}"
     print(
         f"tokens: {meta['input_tokens']:,} in, {meta['output_tokens']:,} out; "
-        f"cost ${meta['cost_usd']:.4f} (prices of {meta['prices_as_of']})"
+        f"cost {cost_text} (prices of {meta['prices_as_of']})"
     )
     if busy and wall:
         print(f"one at a time this would take about {busy:.1f} s ({busy / wall:.1f}x longer)")

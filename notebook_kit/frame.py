@@ -144,6 +144,11 @@ def plan(
         if limit < 0:
             raise ConfigError(f"limit must be >= 0, got {limit}")
         data = data.iloc[:limit]
+    if output_col in STATUS_COLUMNS:
+        raise ConfigError(
+            f"output_col={output_col!r} is one of the kit's own columns {list(STATUS_COLUMNS)}; "
+            "choose another name for the replies"
+        )
     frame = without_kit_columns(data, output_col)
     named = [c for c in (prompt, messages_col, system_col, model_col) if c is not None]
     if template is not None:

@@ -215,7 +215,8 @@ class Job:
             "requests": snap.requests,
             "input_tokens": snap.input_tokens,
             "output_tokens": snap.output_tokens,
-            "cost_usd": round(snap.cost_usd, 6),
+            "cost_usd": None if snap.unpriced else round(snap.cost_usd, 6),  # NA, never 0
+            "unpriced_replies": snap.unpriced,
             "cached_rows": snap.cached,
             "cache": str(self.cache.path) if self.cache else None,
             "prices_as_of": prices_as_of(),

@@ -61,9 +61,13 @@ def price_of(model: str | None) -> Price | None:
     return known[max(prefixes, key=len)] if prefixes else None
 
 
-def cost_of(model: str | None, input_tokens: int | None, output_tokens: int | None) -> float | None:
-    """The cost in USD of one reply, or None if the model's price or the usage is unknown."""
-    price = price_of(model)
+def cost_of(
+    models: tuple[str | None, ...], input_tokens: int | None, output_tokens: int | None
+) -> float | None:
+    """The cost in USD of one reply at the first of `models` with a known price (the reply's
+    model, then the requested one: an alias or a new dated name falls back), or None if no
+    price or the usage is unknown."""
+    price = next((p for p in map(price_of, models) if p is not None), None)
     if price is None or input_tokens is None or output_tokens is None:
         return None
     return round(price.cost(input_tokens, output_tokens), 10)

@@ -84,8 +84,8 @@ class ProgressBar(Ticker):
         }
         if stats.cached:
             counts["cached"] = stats.cached
-        if stats.cost_usd:
-            counts["cost"] = f"${stats.cost_usd:.4f}"
+        if stats.cost_usd or stats.unpriced:
+            counts["cost"] = stats.cost_text
         if stats.cancelled:
             counts["cancelled"] = stats.cancelled
         if stats.skipped:

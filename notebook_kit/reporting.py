@@ -37,6 +37,7 @@ class Snapshot:
     input_tokens: int = 0  # billed in this run (cached rows not included)
     output_tokens: int = 0
     cost_usd: float = 0.0  # billed in this run, where the price is known
+    unpriced: int = 0  # replies whose cost is unknown (no price): the total is then a floor
     limit: int  # requests in flight allowed now
     target: int  # the user's concurrency setting
     budget_usd: float | None = None
@@ -49,6 +50,12 @@ class Snapshot:
     def done(self) -> int:
         """Rows with a final status (cancelled ones included)."""
         return self.ok + self.error + self.cancelled + self.skipped
+
+    @property
+    def cost_text(self) -> str:
+        """The cost so far, saying when some replies had no known price."""
+        text = f"${self.cost_usd:.4f}"
+        return f"{text} + unknown ({self.unpriced} unpriced)" if self.unpriced else text
 
 
 @dataclass(slots=True)
@@ -66,6 +73,7 @@ class RunStats:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    unpriced: int = 0
     waiting: set[tuple[str | None, int]] = field(default_factory=set)  # rows in a backoff
 
     def attach(self, events: EventBus) -> None:
@@ -93,6 +101,7 @@ class RunStats:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost_usd": self.cost_usd,
+            "unpriced": self.unpriced,
         }
 
     def _attempt_started(self, event: AttemptStarted) -> None:
@@ -105,7 +114,10 @@ class RunStats:
         self.in_flight -= 1
         self.input_tokens += event.input_tokens or 0
         self.output_tokens += event.output_tokens or 0
-        self.cost_usd += event.cost_usd or 0.0
+        if event.cost_usd is not None:
+            self.cost_usd += event.cost_usd
+        elif event.outcome == "ok":
+            self.unpriced += 1
         if event.wait_s is not None:
             self.waiting.add((event.step, event.key))
 

@@ -19,7 +19,17 @@ from .types import ErrorType
 
 
 def failed_rows(result: pd.DataFrame, only: Iterable[str] | None) -> np.ndarray[Any, Any]:
-    """Positions of the rows to re-run: status not `ok`, of the given error types if any."""
+    """Positions of the rows to re-run: status not `ok`, of the given error types if any.
+
+    The frame must still hold every column the kit added (checked before anything is sent:
+    the merge needs them all)."""
+    meta = result.attrs.get(frames.META_KEY) or {}
+    missing = [c for c in meta.get("columns", frames.STATUS_COLUMNS) if c not in result.columns]
+    if missing:
+        raise ConfigError(
+            f"retry_failed needs the columns the run added, and {missing} are gone; "
+            "re-run the rows with run_df(...) instead, or keep those columns"
+        )
     mask = result["status"].ne("ok").fillna(True)
     if only is not None:
         mask &= result["error_type"].isin(error_types(only)).fillna(False)
@@ -50,11 +60,12 @@ def rerun_job(
             api_key=options.get("api_key"),
         )
         base = RunConfig.from_meta(meta, default_model=provider.default_model)
+    original_cache = meta.get("cache") or False  # the file the run used, or False: it had none
     return Job(
         plan,
         provider,
         run_config(options, provider, base=base),
-        cache=chosen_cache(options.get("cache")),
+        cache=chosen_cache(options.get("cache", original_cache)),
         progress=options.get("progress") is not False,
     )
 

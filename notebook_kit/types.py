@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+MESSAGE_OVERHEAD = 8  # tokens a message's role and separators may take, at most
+REQUEST_OVERHEAD = 16  # tokens a request's framing may take, at most
+
 
 class RowStatus(StrEnum):
     """What finally happened to one row (the `status` column)."""
@@ -52,6 +55,13 @@ class Request:
         """Rough input-token estimate (about 4 characters per token) for rate limiting."""
         chars = sum(len(str(m.get("content", ""))) for m in self.messages)
         return max(1, chars // 4 + 4 * len(self.messages))
+
+    def max_input_tokens(self) -> int:
+        """A ceiling on the input tokens for every script: a byte-level tokenizer never makes
+        more tokens than UTF-8 bytes (CJK, emoji and code included), plus a generous
+        allowance per message for roles and formatting."""
+        text = sum(len(str(m.get("content", "")).encode("utf-8", "replace")) for m in self.messages)
+        return text + MESSAGE_OVERHEAD * len(self.messages) + REQUEST_OVERHEAD
 
     def planned_tokens(self) -> int:
         """Input estimate plus `max_tokens`: what a token-rate limit charges up front."""

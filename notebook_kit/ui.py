@@ -156,7 +156,7 @@ def status_line(snap: Snapshot) -> str:
         f"in flight {snap.in_flight}",
         f"{(snap.ok + snap.error) / elapsed:.1f} rows/s",
         f"{snap.input_tokens + snap.output_tokens:,} tokens",
-        f"${snap.cost_usd:.4f}",
+        snap.cost_text,
     ]
     if snap.cached:
         parts.append(f"cached {snap.cached}")

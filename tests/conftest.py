@@ -53,6 +53,20 @@ def close_the_loop_looptime_makes(request: pytest.FixtureRequest) -> Iterator[No
 
 
 @pytest.fixture(autouse=True)
+def nothing_held_after_a_run() -> Iterator[None]:
+    """After every test, the last finished run holds no concurrency slot and no budget
+    reservation, whatever its rows went through (errors, 429s, timeouts, stops)."""
+    yield
+    job = kit.last_job()
+    engine = job.engine if job is not None else None
+    if engine is None or job is None or job.result is None:
+        return
+    assert engine.concurrency.limit.in_use == 0, "a concurrency slot was not released"
+    if engine.budget is not None:
+        assert engine.budget.budget.reserved == 0, "a budget reservation was not settled"
+
+
+@pytest.fixture(autouse=True)
 def no_real_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reaches a real provider (the machine's keys and base URLs are removed), and
     each test has its own empty cache file."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import notebook_kit as kit
 
@@ -28,11 +30,20 @@ def test_importing_the_package_is_light() -> None:
     assert not [m for m in HEAVY if m in loaded]
 
 
-def test_surface_is_sorted_and_every_name_resolves() -> None:
-    assert kit.__all__ == sorted(kit.__all__)
+def test_every_public_name_resolves_and_is_re_exported_for_type_checkers() -> None:
     for name in kit.__all__:
         assert getattr(kit, name) is not None
-    assert set(kit.__all__) <= set(dir(kit))
+    source = (Path(kit.__file__).parent / "__init__.py").read_text()
+    block = ast.parse(source).body
+    checked = next(n for n in block if isinstance(n, ast.If))  # `if TYPE_CHECKING:`
+    exported = sorted(
+        alias.name
+        for node in checked.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+        if alias.asname == alias.name  # `import X as X`: what mypy --strict calls explicit
+    )
+    assert exported == kit.__all__
 
 
 def test_no_submodule_shadows_a_public_name() -> None:

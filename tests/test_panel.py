@@ -199,9 +199,8 @@ async def test_session_defaults_shape_the_next_runs_only(monkeypatch: pytest.Mon
     panel.model.value = "demo-large"
     assert (kit.defaults.concurrency, kit.defaults.model) == (3, "demo-large")
     job = kit.start(prompts(12), "prompt", panel=True)
-    assert job.config.limits.concurrency == 3
-    panel.concurrency.value = 7  # a running job keeps its frozen snapshot
+    panel.concurrency.value = 7  # a running job keeps the defaults it started with
     result = await job
-    assert job.config.limits.concurrency == 3
+    assert [limit for _, limit in kit.report(result).limit_changes] == [3]
     assert result["model"].eq("demo-large").all()
     assert result.attrs["notebook_kit"]["concurrency"] == 3

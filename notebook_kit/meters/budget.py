@@ -10,8 +10,6 @@ from ..types import Request
 from .base import AttemptOutcome, Refused
 from .gate import StartGate
 
-INPUT_MARGIN = 1.25  # reservations assume 25 % more input tokens than estimated
-
 
 class Budget:
     """Reserves each request's worst-case cost while it is in flight.
@@ -54,7 +52,9 @@ class Budget:
 class BudgetMeter:
     """`budget_usd`: a run stops at the cap; a background job pauses there until raised.
 
-    A reply without usage is charged its reservation; an HTTP error reply is charged 0.
+    A request reserves its ceiling: its UTF-8 bytes as input tokens (no tokenizer makes
+    more), plus `max_tokens` of output, at the requested model's price. A reply without
+    usage is charged its reservation; an HTTP error reply is charged 0.
     """
 
     def __init__(
@@ -81,7 +81,7 @@ class BudgetMeter:
             )
         max_tokens = request.params.get("max_tokens")
         ceiling = max_tokens if isinstance(max_tokens, int) else 0
-        amount = price.cost(request.estimated_tokens() * INPUT_MARGIN, ceiling)
+        amount = price.cost(request.max_input_tokens(), ceiling)
         budget = self.budget
         while not await budget.reserve(amount):
             if not self._pause:
