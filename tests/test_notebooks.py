@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nbformat
 import pytest
 from conftest import KEY
 from fake_server import FakeLLMServer
-from nbclient import NotebookClient
+
+if TYPE_CHECKING:
+    import nbformat
 
 pytestmark = pytest.mark.kernel
 
@@ -22,6 +24,9 @@ BUDGET_S = 120  # each lesson must fit in class time on the demo model
 
 
 def execute(name: str) -> tuple[nbformat.NotebookNode, float]:
+    import nbformat  # imported here: collecting the suite stays fast when kernels are skipped
+    from nbclient import NotebookClient
+
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)  # type: ignore[no-untyped-call]
     client = NotebookClient(
         notebook,
