@@ -118,15 +118,16 @@ class Engine:
 
     def snapshot(self) -> Snapshot:
         budget = self.budget.budget if self.budget is not None else None
+        elapsed = self.clock.now() - self._t0
         return Snapshot(
             state=self.state,
-            **self.stats.counts(),
+            **self.stats.counts(elapsed),
             limit=self.concurrency.limit.total,
             target=self.concurrency.adaptive.target,
             budget_usd=budget.usd if budget else None,
             spent_usd=budget.spent if budget else 0.0,
             reserved_usd=budget.reserved if budget else 0.0,
-            elapsed_s=self.clock.now() - self._t0,
+            elapsed_s=elapsed,
             stop_reason=self.stop_reason,
         )
 

@@ -80,6 +80,14 @@ class Job:
         done = f"{snap.done - snap.cancelled}/{snap.total}"
         return f"<notebook_kit Job {self.report.run_id} {snap.state}, {done} rows done>"
 
+    def _ipython_display_(self) -> None:
+        """In a notebook a job shows its live panel (not twice in the cell that started it);
+        without a panel, its one-line repr."""
+        if self.panel is not None:
+            self.panel.show_again()
+        else:
+            print(repr(self))
+
     def __await__(self) -> Generator[Any, None, pd.DataFrame]:
         if self.task is None:
             raise RuntimeError("this job was not started with kit.start(...); await job.run()")

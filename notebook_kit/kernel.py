@@ -54,6 +54,14 @@ def display_in_cell(obj: object) -> None:
     display(obj)  # type: ignore[no-untyped-call]
 
 
+def cell_number() -> int | None:
+    """The number of the cell running now (IPython's execution count), or None."""
+    shell_module = sys.modules.get("IPython")
+    shell = shell_module.get_ipython() if shell_module is not None else None
+    count = getattr(shell, "execution_count", None)
+    return count if isinstance(count, int) else None
+
+
 def controls_live_while_awaiting() -> bool:
     """Whether widget changes can reach a job while its cell awaits it."""
     version = ipykernel_version()

@@ -103,6 +103,7 @@ def estimate_run(
             "with max_tokens output per request",
         ),
         ("wall time s (expected)", round(seconds, 1), bound),
+        ("prices as of", prices_as_of(), "kit.set_price(...) adds or overrides one"),
     ]
     frame = pd.DataFrame(
         {"value": pd.array([v for _, v, _ in facts], dtype=object), "how": [h for *_, h in facts]},
@@ -113,10 +114,12 @@ def estimate_run(
 
 
 def _price_note(model: str) -> str:
+    """The price in words a notebook shows as is: no dollar signs (JupyterLab would typeset
+    the text between two of them as math) and short enough for pandas' column width."""
     price = price_of(model)
     if price is None:
-        return f"no price known for {model!r}: kit.set_price(...)"
-    return f"${price.input:g} in / ${price.output:g} out per 1M tokens (prices of {prices_as_of()})"
+        return "no price known: kit.set_price(model, ...)"
+    return f"USD per 1M tokens: {price.input:g} in, {price.output:g} out"
 
 
 def _wall_time(requests: int, tokens: int, *, limits: Limits, latency: float) -> tuple[float, str]:

@@ -3,6 +3,7 @@ per-attempt records for plots."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,8 @@ from .events import (
     AttemptStarted,
     EventBus,
     LimitChanged,
+    Paused,
+    Resumed,
     RowFinished,
     RunFinished,
 )
@@ -44,6 +47,7 @@ class Snapshot:
     spent_usd: float = 0.0  # billed against the budget
     reserved_usd: float = 0.0  # held by requests in flight
     elapsed_s: float = 0.0
+    rate: float = 0.0  # rows per second answered by calls over the last RECENT_S seconds
     stop_reason: str | None = None
 
     @property
@@ -56,6 +60,10 @@ class Snapshot:
         """The cost so far, saying when some replies had no known price."""
         text = f"${self.cost_usd:.4f}"
         return f"{text} + unknown ({self.unpriced} unpriced)" if self.unpriced else text
+
+
+RECENT_S = 5.0  # the window of the recent rate: long enough to be steady, short enough to follow
+# a slider move or a pause
 
 
 @dataclass(slots=True)
@@ -75,6 +83,7 @@ class RunStats:
     cost_usd: float = 0.0
     unpriced: int = 0
     waiting: set[tuple[str | None, int]] = field(default_factory=set)  # rows in a backoff
+    answered_at: deque[float] = field(default_factory=deque)  # `t` of rows a call finished
 
     def attach(self, events: EventBus) -> None:
         events.on(AttemptStarted, self._attempt_started)
@@ -86,9 +95,14 @@ class RunStats:
     def done(self) -> int:
         return self.ok + self.error + self.cancelled + self.skipped
 
-    def counts(self) -> dict[str, Any]:
-        """The counters as `Snapshot` fields."""
+    def counts(self, now: float) -> dict[str, Any]:
+        """The counters as `Snapshot` fields, `now` seconds into the run."""
+        answered = self.answered_at
+        while answered and answered[0] <= now - RECENT_S:
+            answered.popleft()
+        window = min(RECENT_S, now)
         return {
+            "rate": len(answered) / window if window > 0 else 0.0,
             "total": self.total,
             "ok": self.ok,
             "error": self.error,
@@ -133,6 +147,8 @@ class RunStats:
             self.skipped += 1
         if event.result.cached:
             self.cached += 1
+        elif event.source == "call" and status in (RowStatus.OK, RowStatus.ERROR):
+            self.answered_at.append(event.t)
         if self.waiting:
             self.waiting.discard((event.step, event.key))
 
@@ -154,11 +170,15 @@ class RunReport:
     ends: list[float] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)  # "ok" or an error type
     limit_changes: list[tuple[float, int]] = field(default_factory=list)  # (time, concurrency)
+    pauses: list[tuple[float, float]] = field(default_factory=list)  # (from, to), user or budget
     wall_s: float | None = None
+    _paused_at: float | None = field(default=None, repr=False)
 
     def attach(self, events: EventBus) -> None:
         events.on(AttemptFinished, self._attempt)
         events.on(LimitChanged, self._limit)
+        events.on(Paused, self._paused)
+        events.on(Resumed, self._resumed)
         events.on(RunFinished, self._finished)
 
     def record(self, key: int, attempt: int, start: float, end: float, outcome: str) -> None:
@@ -174,7 +194,17 @@ class RunReport:
     def _limit(self, event: LimitChanged) -> None:
         self.limit_changes.append((event.t, event.limit))
 
+    def _paused(self, event: Paused) -> None:
+        if self._paused_at is None:
+            self._paused_at = event.t
+
+    def _resumed(self, event: Resumed | RunFinished) -> None:
+        if self._paused_at is not None:
+            self.pauses.append((self._paused_at, event.t))
+            self._paused_at = None
+
     def _finished(self, event: RunFinished) -> None:
+        self._resumed(event)  # a run that ends paused: its pause ends with it
         self.wall_s = event.t
 
     def attempts(self) -> pd.DataFrame:

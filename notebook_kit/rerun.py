@@ -82,15 +82,31 @@ def merged(
     assert rerun is not None
     frame = frames.merge(result, positions, rerun, job.plan.added_columns)
     counts = frame["status"].value_counts()
+    latest = rerun.attrs[frames.META_KEY]
     frame.attrs[frames.META_KEY] = {
         **meta,
-        **rerun.attrs[frames.META_KEY],
+        **latest,
+        **_totals(meta, latest),  # the whole frame's: both runs together
+        "started_at": meta.get("started_at"),
         "counts": {str(k): int(v) for k, v in counts.items()},
         "retried_rows": len(positions),
         "retried_from": meta.get("run_id"),
     }
     history.set_last(frame)
     return frame
+
+
+SUMMED = ("requests", "input_tokens", "output_tokens", "cached_rows", "unpriced_replies", "wall_s")
+
+
+def _totals(first: Mapping[str, Any], then: Mapping[str, Any]) -> dict[str, Any]:
+    """What the frame cost and took across the first run and the re-run (a cost that is
+    unknown in either is unknown in the total)."""
+    totals: dict[str, Any] = {k: (first.get(k) or 0) + (then.get(k) or 0) for k in SUMMED}
+    totals["wall_s"] = round(totals["wall_s"], 3)
+    costs = (first.get("cost_usd"), then.get("cost_usd"))
+    totals["cost_usd"] = None if None in costs else round(sum(c for c in costs if c), 6)
+    return totals
 
 
 def error_types(only: Iterable[str]) -> list[str]:

@@ -17,9 +17,10 @@ from .reporting import RunReport
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-COLOURS = {"ok": "#2e7d32", "rate_limit": "#f9a825", "cancelled": "#9e9e9e"}
+COLOURS = {"ok": "#2e7d32", "rate_limit": "#f9a825", "cancelled": "#6a1b9a"}
 ERROR_COLOUR = "#c62828"
 WAIT_COLOUR = "#bdbdbd"
+PAUSE_COLOUR = "#90caf9"
 
 
 def in_flight(attempts: pd.DataFrame) -> tuple[list[float], list[int]]:
@@ -75,6 +76,7 @@ def plot_timeline(run: pd.DataFrame | RunReport, *, max_rows: int = 400) -> Figu
             Patch(color=COLOURS["ok"], label="ok"),
             Patch(color=COLOURS["rate_limit"], label="429"),
             Patch(color=ERROR_COLOUR, label="other error"),
+            Patch(color=COLOURS["cancelled"], label="cancelled (stop, interrupt)"),
             Patch(color=WAIT_COLOUR, label="wait before a retry"),
         ],
         loc="upper right",
@@ -86,6 +88,9 @@ def plot_timeline(run: pd.DataFrame | RunReport, *, max_rows: int = 400) -> Figu
         limit_t = [t for t, _ in report.limit_changes] + [max(attempts["end_s"])]
         limit_v = [v for _, v in report.limit_changes] + [report.limit_changes[-1][1]]
         bottom.step(limit_t, limit_v, where="post", linestyle="--", label="concurrency limit")
+    for number, (start, end) in enumerate(report.pauses):
+        label = "paused" if number == 0 else None
+        bottom.axvspan(start, end, color=PAUSE_COLOUR, alpha=0.4, label=label)
     bottom.set_xlabel("seconds since the run started")
     bottom.set_ylabel("requests")
     bottom.legend(loc="upper right", fontsize="small")

@@ -13,7 +13,7 @@ import html
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .kernel import display_in_cell, publish_missing_idle
+from .kernel import cell_number, display_in_cell, publish_missing_idle
 from .progress import Ticker
 
 if TYPE_CHECKING:
@@ -97,7 +97,13 @@ class Panel(_Callbacks, Ticker):
         self.stop.on_click(self.guard(lambda _: job.cancel()))
 
     def _ipython_display_(self) -> None:
+        self._shown_in = cell_number()
         display_in_cell(self.widget)
+
+    def show_again(self) -> None:
+        """Another view of the live panel, unless the cell that showed it asks again."""
+        if cell_number() != getattr(self, "_shown_in", None):
+            self._ipython_display_()
 
     def _on_pause(self, change: dict[str, Any]) -> None:
         paused = bool(change["new"])
@@ -114,6 +120,8 @@ class Panel(_Callbacks, Ticker):
         self.show()
 
     def closed(self, error: BaseException | None) -> None:
+        if self.pause.value:  # a run that ended while paused: the button pops back out
+            self.pause.value = False
         for control in (self.concurrency, self.model, self.pause, self.stop):
             control.disabled = True
         self.show(None if isinstance(error, asyncio.CancelledError) else error)
@@ -144,17 +152,16 @@ class Panel(_Callbacks, Ticker):
 
 
 def status_line(snap: Snapshot) -> str:
-    """done / ok / error / retrying / in flight, rows per second, tokens."""
+    """State, rows, ok / error / retrying / in flight, the recent rate, tokens, cost."""
     finished = snap.done - snap.cancelled
-    elapsed = max(snap.elapsed_s, 1e-9)
     parts = [
         f"<b>{snap.state}</b>",
-        f"{finished}/{snap.total} done",
+        f"{finished}/{snap.total} rows",
         f"ok {snap.ok}",
         f"error {snap.error}",
         f"retrying {snap.retrying}",
         f"in flight {snap.in_flight}",
-        f"{(snap.ok + snap.error) / elapsed:.1f} rows/s",
+        f"{snap.rate:.1f} rows/s",
         f"{snap.input_tokens + snap.output_tokens:,} tokens",
         snap.cost_text,
     ]

@@ -71,6 +71,14 @@ def test_lesson_runs_offline_top_to_bottom(name: str) -> None:
     notebook, seconds = execute(name)
     assert seconds < BUDGET_S  # (an error in a cell fails execute() itself)
     assert not warnings(notebook), warnings(notebook)
+    shown = text(notebook)
+    assert "np.int64" not in shown and "np.float64" not in shown  # numbers read as numbers
+    if name.startswith("01"):
+        assert "attempts: {1: " in shown
+    if name.startswith("04"):  # the table of three ways: whole counts, seconds with a point
+        table = next(part for part in shown.split("\n\n") if "429s" in part)
+        rows = [line.split() for line in table.splitlines()[1:]]
+        assert all("." not in count for row in rows for count in row[-3:]), table
 
 
 def test_real_provider_lesson_skips_cleanly_without_keys() -> None:

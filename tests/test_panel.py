@@ -103,7 +103,7 @@ async def test_stop_button_keeps_finished_rows(server: FakeLLMServer) -> None:
     status = job.panel.status.value
     done = int((result["status"] == "ok").sum())
     assert (
-        "stopped" in status and f"{done}/60 done" in status and f"cancelled {60 - done}" in status
+        "stopped" in status and f"{done}/60 rows" in status and f"cancelled {60 - done}" in status
     )
 
 
@@ -113,7 +113,7 @@ async def test_cancel_method_and_final_status(server: FakeLLMServer) -> None:
     result = await job
     assert job.state == "done"
     assert job.panel is not None and job.panel.bar.value == 10
-    assert "10/10 done" in job.panel.status.value and "ok 10" in job.panel.status.value
+    assert "10/10 rows" in job.panel.status.value and "ok 10" in job.panel.status.value
     job.cancel()  # after the end: nothing happens
     assert job.df is result
 
