@@ -15,38 +15,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
     from .api import (
         cache_info as cache_info,
-    )
-    from .api import (
         clear_cache as clear_cache,
-    )
-    from .api import (
         controls as controls,
-    )
-    from .api import (
         estimate as estimate,
-    )
-    from .api import (
-        last_job as last_job,
-    )
-    from .api import (
         last_report as last_report,
-    )
-    from .api import (
         last_result as last_result,
-    )
-    from .api import (
         report as report,
-    )
-    from .api import (
         retry_failed as retry_failed,
-    )
-    from .api import (
         run_df as run_df,
-    )
-    from .api import (
         run_df_sync as run_df_sync,
-    )
-    from .api import (
         start as start,
     )
     from .cache import (
@@ -54,35 +31,17 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
     )
     from .config import (
         Limits as Limits,
-    )
-    from .config import (
         RetryPolicy as RetryPolicy,
-    )
-    from .config import (
         RunConfig as RunConfig,
     )
     from .errors import (
         AuthError as AuthError,
-    )
-    from .errors import (
         CallError as CallError,
-    )
-    from .errors import (
         ConfigError as ConfigError,
-    )
-    from .errors import (
         MissingKeyError as MissingKeyError,
-    )
-    from .errors import (
         ModelNotFoundError as ModelNotFoundError,
-    )
-    from .errors import (
         NotebookKitError as NotebookKitError,
-    )
-    from .errors import (
         QuotaError as QuotaError,
-    )
-    from .errors import (
         RunError as RunError,
     )
     from .job import (
@@ -96,26 +55,20 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
     )
     from .providers import (
         AnthropicProvider as AnthropicProvider,
-    )
-    from .providers import (
         DemoProvider as DemoProvider,
-    )
-    from .providers import (
         OpenAIProvider as OpenAIProvider,
-    )
-    from .providers import (
         Provider as Provider,
+    )
+    from .registry import (
+        jobs as jobs,
+        last_job as last_job,
     )
     from .reporting import (
         RunReport as RunReport,
-    )
-    from .reporting import (
         Snapshot as Snapshot,
     )
     from .session import (
         SessionDefaults as SessionDefaults,
-    )
-    from .session import (
         defaults as defaults,
     )
     from .timeline import (
@@ -123,8 +76,6 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
     )
     from .types import (
         ErrorType as ErrorType,
-    )
-    from .types import (
         RowStatus as RowStatus,
     )
 
@@ -159,7 +110,8 @@ _HOMES = {
     "controls": "api",
     "defaults": "session",
     "estimate": "api",
-    "last_job": "api",
+    "jobs": "registry",
+    "last_job": "registry",
     "last_report": "api",
     "last_result": "api",
     "plot_timeline": "timeline",

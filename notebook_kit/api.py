@@ -14,12 +14,11 @@ from typing import Any, Unpack
 
 import pandas as pd
 
-from . import frame as frames
-from . import history
+from . import frame as frames, history
 from .cache import Cache
 from .errors import ConfigError, RunError
 from .job import Job
-from .kernel import controls_live_while_awaiting, display_in_cell, in_notebook
+from .kernel import cell_id, controls_live_while_awaiting, display_in_cell, in_notebook
 from .loops import run_blocking
 from .options import (
     RunOptions,
@@ -33,6 +32,7 @@ from .options import (
 from .preflight import estimate_run
 from .progress import ProgressBar
 from .providers import DEMO_NOTICE, resolve
+from .registry import remember, stop_the_cells_earlier_job, told_in_one_line
 from .reporting import RunReport
 from .rerun import failed_rows, merged, rerun_job
 from .session import defaults
@@ -47,7 +47,6 @@ BLOCKING_HINT = (
     "use kit.start(...) or await kit.run_df(...) for live control."
 )
 log = logging.getLogger("notebook_kit")
-_last_job: list[Job] = []
 
 
 @shows_run_options
@@ -67,7 +66,8 @@ async def run_df(
     job = _job(data, prompt, options, entry="run_df")
     hint = None if controls_live_while_awaiting() else AWAIT_HINT
     _attach_display(job, hint=hint)
-    return await job.run()
+    with told_in_one_line(job):
+        return await job.run()
 
 
 @shows_run_options
@@ -95,7 +95,8 @@ def start(
             "in a script use kit.run_df_sync(...) or await kit.run_df(...)"
         ) from None
     job = _job(data, prompt, options, entry="start", pause_at_budget=True)
-    _attach_display(job, panel=panel, models=models)
+    job.cell = cell_id()
+    _attach_display(job, panel=panel, models=models, hint=stop_the_cells_earlier_job(job))
     job.task = loop.create_task(job.run(), name=f"notebook_kit-{job.report.run_id}")
     job.task.add_done_callback(_report_failure)
     return job
@@ -117,7 +118,8 @@ def run_df_sync(
     """
     job = _job(data, prompt, options, entry="run_df_sync")
     _attach_display(job, hint=BLOCKING_HINT)
-    return run_blocking(job.run(), use_nest_asyncio=use_nest_asyncio)
+    with told_in_one_line(job):
+        return run_blocking(job.run(), use_nest_asyncio=use_nest_asyncio)
 
 
 @shows_run_options
@@ -145,7 +147,8 @@ async def retry_failed(
     job = rerun_job(result.iloc[positions], meta, prompt, options)
     _attach_display(job)
     try:
-        rerun = await job.run()
+        with told_in_one_line(job):
+            rerun = await job.run()
     except (asyncio.CancelledError, RunError) as exc:
         partial = merged(result, positions, job, meta)
         if isinstance(exc, RunError):
@@ -191,11 +194,6 @@ def controls() -> DefaultsPanel:
     if in_notebook():
         display_in_cell(panel)
     return panel
-
-
-def last_job() -> Job | None:
-    """The job started last in this process (by start, run_df or run_df_sync)."""
-    return _last_job[0] if _last_job else None
 
 
 def cache_info(cache: bool | str | Path | Cache | None = None) -> dict[str, Any]:
@@ -264,7 +262,7 @@ def _attach_display(
         display_in_cell(job.panel)
     elif job.progress:
         job.display = ProgressBar(job.snapshot)
-    _last_job[:] = [job]
+    remember(job)
 
 
 def _report_failure(task: asyncio.Task[pd.DataFrame]) -> None:

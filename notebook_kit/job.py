@@ -21,8 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import frame as frames
-from . import history
+from . import frame as frames, history
 from .cache import Cache
 from .clock import Clock
 from .config import RunConfig, check_budget
@@ -67,6 +66,7 @@ class Job:
         self.result: pd.DataFrame | None = None
         self.display: Display | None = None  # entered around the run
         self.panel: Any = None  # the job's ipywidgets panel, when one is shown
+        self.cell: str | None = None  # the notebook cell that started it, when known
         self.task: asyncio.Task[pd.DataFrame] | None = None
         self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -100,6 +100,13 @@ class Job:
             return self.result
         results = self.engine.results if self.engine else {}
         return frames.build(self.plan, dict(results), unfinished=RowStatus.PENDING)
+
+    @property
+    def running(self) -> bool:
+        """Not finished yet, and still able to finish (its task and loop are alive)."""
+        if self.result is not None or (self.task is not None and self.task.done()):
+            return False
+        return self._loop is None or not self._loop.is_closed()
 
     @property
     def state(self) -> str:

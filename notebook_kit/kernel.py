@@ -62,6 +62,18 @@ def cell_number() -> int | None:
     return count if isinstance(count, int) else None
 
 
+def cell_id() -> str | None:
+    """The id of the notebook cell running now, as the frontend sent it (JupyterLab and
+    Notebook 7 do), or None."""
+    kernel = _kernel()
+    try:
+        metadata = kernel.get_parent().get("metadata") or {}
+    except Exception:
+        return None
+    value = metadata.get("cellId")
+    return value if isinstance(value, str) else None
+
+
 def controls_live_while_awaiting() -> bool:
     """Whether widget changes can reach a job while its cell awaits it."""
     version = ipykernel_version()

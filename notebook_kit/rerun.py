@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import frame as frames
-from . import history
+from . import frame as frames, history
 from .config import RunConfig
 from .errors import ConfigError
 from .job import Job

@@ -93,7 +93,13 @@ class Kernel:
         self.replies[reply["parent_header"].get("msg_id")] = reply
 
     def execute(
-        self, code: str, *, wait: bool = True, timeout: float = 60, subshell: str | None = None
+        self,
+        code: str,
+        *,
+        wait: bool = True,
+        timeout: float = 60,
+        subshell: str | None = None,
+        cell_id: str | None = None,
     ) -> str:
         msg = self.kc.session.msg(
             "execute_request",
@@ -108,6 +114,8 @@ class Kernel:
         )
         if subshell is not None:
             msg["header"]["subshell_id"] = subshell
+        if cell_id is not None:  # as JupyterLab sends it
+            msg["metadata"]["cellId"] = cell_id
         self.kc.shell_channel.send(msg)
         msg_id: str = msg["header"]["msg_id"]
         if wait:

@@ -130,3 +130,24 @@ def test_item9_jupyter_checkpoints_are_ignored() -> None:
         cwd=REPO,
     )
     assert checked.returncode == 0
+
+
+async def test_item4_re_running_a_cell_stops_its_earlier_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("notebook_kit.api.cell_id", lambda: "cell-3")
+    demo = kit.DemoProvider(latency=1.0, jitter=0.0)
+    first = kit.start(prompts(50), "prompt", provider=demo, panel=True, cache=False)
+    await until(lambda: first.snapshot().ok >= 8)
+    second = kit.start(prompts(50), "prompt", provider=demo, panel=True, cache=False)
+    assert "Re-running this cell stopped" in second.panel.hint.value
+    stopped = await first
+    assert (stopped["status"] == "cancelled").any()
+    assert kit.jobs() == [second]
+    assert kit.jobs(finished=True)[-2:] == [first, second]
+    monkeypatch.setattr("notebook_kit.api.cell_id", lambda: "another-cell")
+    third = kit.start(prompts(5), "prompt", provider=demo, panel=True, cache=False)
+    assert third.panel.hint.value == "" and kit.jobs() == [second, third]  # left running
+    second.cancel()
+    await second
+    await third

@@ -7,6 +7,7 @@ process; the kernel calls it over HTTP, and its in-flight count is the witness.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -183,7 +184,12 @@ def test_interrupting_an_awaited_run_df_stops_it_and_keeps_rows(
     wait_for(lambda: answered(server) >= 10, seconds=30)
     kernel.interrupt()
     kernel.wait(cell, timeout=20)
-    assert kernel.reply(cell)["ename"] == "CancelledError"
+    reply = kernel.reply(cell)
+    assert reply["ename"] == "CancelledError"  # the cell ends in error: queued cells stop
+    (line,) = reply["traceback"]  # one line, not a traceback through the kit
+    assert re.fullmatch(
+        r"interrupted: \d+ rows done, \d+ cancelled; the frame is in kit.last_result\(\)", line
+    ), line
     wait_for(lambda: level(server) == 0, seconds=2)  # in-flight calls were cancelled
     out = kernel.run("print(kit.last_result().status.value_counts().to_dict())")
     counts = eval(out)
@@ -213,3 +219,21 @@ def test_two_background_jobs_with_their_own_panels(kernel: Kernel, server: FakeL
     wait_for(lambda: level(server) <= 3, seconds=2)
     out = kernel.run("ra, rb = await a, await b\nprint(len(ra[ra.status == 'ok']), len(rb))")
     assert out.split() == ["30", "30"]
+
+
+def test_re_running_a_start_cell_stops_the_job_it_had_started(
+    kernel: Kernel, server: FakeLLMServer
+) -> None:
+    server.configure(latency=0.3)
+    first = kernel.execute("job = kit.start(df, 'prompt', concurrency=2, **opts)", cell_id="c-7")
+    wait_for(lambda: level(server) == 2)
+    again = kernel.execute("job = kit.start(df, 'prompt', concurrency=3, **opts)", cell_id="c-7")
+    hints = [w["value"] for w in kernel.widgets(again, "HTMLModel") if "Re-running" in w["value"]]
+    assert len(hints) == 1 and "kit.jobs(finished=True)" in hints[0]
+    wait_for(lambda: level(server) == 3)  # the earlier job's calls are gone, the new one's run
+    out = kernel.run(
+        "print([j.state for j in kit.jobs()], [j.state for j in kit.jobs(finished=True)])"
+    )
+    assert out.strip() == "['running'] ['stopped', 'running']"
+    kernel.run("job.cancel()")
+    assert first != again

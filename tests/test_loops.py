@@ -117,7 +117,9 @@ def test_interrupting_run_df_sync_in_a_kernel_keeps_the_partial_frame(
     wait_for(lambda: answered(server) >= 6)
     kernel.interrupt()
     kernel.wait(cell, timeout=20)
-    assert kernel.reply(cell)["ename"] == "KeyboardInterrupt"
+    reply = kernel.reply(cell)
+    assert reply["ename"] == "KeyboardInterrupt"
+    assert len(reply["traceback"]) == 1 and reply["traceback"][0].startswith("interrupted: ")
     out = kernel.run("print(kit.last_result().status.value_counts().to_dict())")
     counts = eval(out)
     assert counts["ok"] >= 4 and counts["ok"] + counts["cancelled"] == 40
