@@ -47,6 +47,27 @@ def in_notebook() -> bool:
     return True
 
 
+class Shown:
+    """A widget shown in a cell with a text summary beside it, for the saved notebook: a
+    reopened notebook has no live widget, so the summary is what it shows."""
+
+    def __init__(self, widget: Any, summary: tuple[str, str]) -> None:
+        from IPython.display import display
+
+        self._widget = widget
+        self._handle = display(self._bundle(summary), raw=True, display_id=True)  # type: ignore[no-untyped-call]
+
+    def _bundle(self, summary: tuple[str, str], *, live: bool = True) -> dict[str, Any]:
+        text, markup = summary
+        bundle: dict[str, Any] = self._widget._repr_mimebundle_() if live else {}
+        return {**bundle, "text/plain": text, "text/html": markup}
+
+    def update(self, summary: tuple[str, str], *, live: bool = True) -> None:
+        """New summary text; `live=False` leaves only the summary (the run is over)."""
+        if self._handle is not None:
+            self._handle.update(self._bundle(summary, live=live), raw=True)
+
+
 def display_in_cell(obj: object) -> None:
     """Display `obj` in the current cell's output."""
     from IPython.display import display

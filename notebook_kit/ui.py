@@ -13,7 +13,7 @@ import html
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .kernel import cell_number, display_in_cell, publish_missing_idle
+from .kernel import Shown, cell_number, publish_missing_idle
 from .progress import Ticker
 
 if TYPE_CHECKING:
@@ -95,10 +95,24 @@ class Panel(_Callbacks, Ticker):
         self.model.observe(self.guard(lambda change: job.set_model(change["new"])), names="value")
         self.pause.observe(self.guard(self._on_pause), names="value")
         self.stop.on_click(self.guard(lambda _: job.cancel()))
+        self._shown: list[Shown] = []
+        self._error = ""  # why the run ended early, for the summary
 
     def _ipython_display_(self) -> None:
         self._shown_in = cell_number()
-        display_in_cell(self.widget)
+        self._shown.append(Shown(self.widget, self.summary()))
+
+    def summary(self) -> tuple[str, str]:
+        """The run in one line, as text and as HTML without dollar signs (a notebook's HTML
+        output typesets the text between two of them as math)."""
+        snap = self._job.snapshot()
+        line = status_line(snap).replace("$", "USD ")
+        if self._error:
+            line += f" · {html.escape(self._error)}"
+        text = "notebook_kit · " + html.unescape(line.replace("<b>", "").replace("</b>", ""))
+        done, total = snap.done - snap.cancelled, max(snap.total, 1)
+        bar = f"<progress value='{done}' max='{total}'></progress>"
+        return text, f"<div class='notebook-kit-summary'>{bar} notebook_kit · {line}</div>"
 
     def show_again(self) -> None:
         """Another view of the live panel, unless the cell that showed it asks again."""
@@ -125,6 +139,8 @@ class Panel(_Callbacks, Ticker):
         for control in (self.concurrency, self.model, self.pause, self.stop):
             control.disabled = True
         self.show(None if isinstance(error, asyncio.CancelledError) else error)
+        for shown in self._shown:  # the saved notebook keeps the final summary
+            shown.update(self.summary(), live=False)
 
     def show(self, error: BaseException | None = None) -> None:
         """Push the job's snapshot to the bar and the status line (only what changed)."""
@@ -145,6 +161,7 @@ class Panel(_Callbacks, Ticker):
             if snap.state == "paused at the budget":
                 text += " · <b>budget reached</b>: raise it with job.set_budget(...)"
         if error is not None:
+            self._error = (str(error) or type(error).__name__).replace("$", "USD ")
             reason = html.escape(str(error) or type(error).__name__)
             text += f"<br><span style='color:#b00'>{reason}</span>"
         if self.status.value != text:
@@ -210,6 +227,20 @@ class DefaultsPanel(_Callbacks):
 
         self.concurrency.observe(self.guard(set_concurrency), names="value")
         self.model.observe(self.guard(set_model), names="value")
+        self._settings = settings
+        self._shown: list[Shown] = []
+        for control in (self.concurrency, self.model):  # keep the saved summary current
+            control.observe(lambda _: self._refresh(), names="value")
+
+    def summary(self) -> tuple[str, str]:
+        """What the saved notebook shows: the defaults as set last."""
+        model = self._settings.model or "the provider's default"
+        text = f"notebook_kit defaults: concurrency {self._settings.concurrency}, model {model}"
+        return text, f"<div class='notebook-kit-summary'>{html.escape(text)}</div>"
+
+    def _refresh(self) -> None:
+        for shown in self._shown:
+            shown.update(self.summary())
 
     def _ipython_display_(self) -> None:
-        display_in_cell(self.widget)
+        self._shown.append(Shown(self.widget, self.summary()))

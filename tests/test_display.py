@@ -78,7 +78,19 @@ async def test_item7_a_job_shown_in_its_own_cell_adds_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     shown: list[object] = []
-    monkeypatch.setattr("notebook_kit.ui.display_in_cell", shown.append)
+
+    class Shown:  # records what the panel puts in a cell, and its summary when the run ends
+        def __init__(self, widget: object, summary: tuple[str, str]) -> None:
+            shown.append(widget)
+            self.final: tuple[str, str] | None = None
+            finals.append(self)
+
+        def update(self, summary: tuple[str, str], *, live: bool = True) -> None:
+            if not live:
+                self.final = summary
+
+    finals: list[Shown] = []
+    monkeypatch.setattr("notebook_kit.ui.Shown", Shown)
     monkeypatch.setattr("notebook_kit.ui.cell_number", lambda: 7)
     demo = kit.DemoProvider(latency=0.1)
     job = kit.start(prompts(3), "prompt", provider=demo, panel=True, cache=False)
@@ -89,6 +101,10 @@ async def test_item7_a_job_shown_in_its_own_cell_adds_nothing(
     job._ipython_display_()  # a later cell: the live panel again
     assert shown == [job.panel.widget, job.panel.widget]
     await job
+    for display in finals:  # item 5: each view ends as a static summary the saved notebook keeps
+        assert display.final is not None
+        text, markup = display.final
+        assert text.startswith("notebook_kit · done · 3/3 rows") and "$" not in markup
 
 
 async def test_item7_after_retry_failed_the_attrs_add_both_runs_up() -> None:
@@ -115,13 +131,15 @@ async def test_item8_cancelled_requests_and_pauses_show_on_the_timeline() -> Non
     job.cancel()
     result = await job
     report = kit.report(result)
-    assert report.pauses == [(pytest.approx(2.5), pytest.approx(5.5))]
+    ((paused, resumed),) = report.pauses
+    assert paused == pytest.approx(2.5) and resumed == pytest.approx(5.5)
     assert "cancelled" in set(report.attempts()["outcome"])
     figure = kit.plot_timeline(report)
     top, bottom = figure.axes
-    top_labels = [t.get_text() for t in top.get_legend().get_texts()]
-    assert "cancelled (stop, interrupt)" in top_labels
-    assert "paused" in [t.get_text() for t in bottom.get_legend().get_texts()]
+    top_legend, bottom_legend = top.get_legend(), bottom.get_legend()
+    assert top_legend is not None and bottom_legend is not None
+    assert "cancelled (stop, interrupt)" in [t.get_text() for t in top_legend.get_texts()]
+    assert "paused" in [t.get_text() for t in bottom_legend.get_texts()]
 
 
 def test_item9_jupyter_checkpoints_are_ignored() -> None:

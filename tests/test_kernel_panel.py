@@ -237,3 +237,25 @@ def test_re_running_a_start_cell_stops_the_job_it_had_started(
     assert out.strip() == "['running'] ['stopped', 'running']"
     kernel.run("job.cancel()")
     assert first != again
+
+
+def test_the_saved_output_of_a_finished_panel_is_its_summary(
+    kernel: Kernel, server: FakeLLMServer
+) -> None:
+    """A reopened notebook has no live widgets: what it shows is the display's last update."""
+    server.configure(latency=0.05)
+    cell = kernel.execute("r = await kit.run_df(df.head(12), 'prompt', concurrency=4, **opts)")
+    assert kernel.reply(cell)["status"] == "ok"
+    shown = [m for m in list(kernel.iopub) if m["parent_header"].get("msg_id") == cell]
+    first = next(m for m in shown if m["msg_type"] == "display_data")
+    assert "application/vnd.jupyter.widget-view+json" in first["content"]["data"]  # live
+    display_id = first["content"]["transient"]["display_id"]
+    last = [
+        m
+        for m in list(kernel.iopub)
+        if m["msg_type"] == "update_display_data"
+        and m["content"]["transient"]["display_id"] == display_id
+    ][-1]["content"]["data"]
+    assert set(last) == {"text/plain", "text/html"}  # no widget left to fail to render
+    assert last["text/plain"].startswith("notebook_kit · done · 12/12 rows · ok 12")
+    assert "notebook-kit-summary" in last["text/html"] and "$" not in last["text/html"]

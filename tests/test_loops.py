@@ -58,7 +58,8 @@ def test_await_run_df_in_a_kernel_cell(kernel: Kernel) -> None:
         "r = await kit.run_df(df, 'prompt', provider=kit.DemoProvider(latency=0.01))\n"
         "print(r.status.value_counts().to_dict(), type(asyncio.get_running_loop()).__name__)"
     )
-    assert out.split() == ["{'ok':", "40}", "_UnixSelectorEventLoop"]  # the kernel's own loop
+    printed = out.splitlines()[-1]  # after the panel's summary line
+    assert printed.split() == ["{'ok':", "40}", "_UnixSelectorEventLoop"]  # the kernel's own loop
 
 
 def test_run_df_sync_in_a_kernel_uses_a_private_loop_not_nest_asyncio(kernel: Kernel) -> None:
