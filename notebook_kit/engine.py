@@ -78,6 +78,7 @@ class Engine:
         self.stop_reason: str | None = None
         self.run_error: RunError | None = None
         self._t0 = self.clock.now()
+        self._ended_at: float | None = None  # seconds into the run when it ended
         limits, policy = config.limits, config.retry
         self.concurrency = ConcurrencyMeter(
             limits.concurrency, adaptive=limits.adaptive, clock=self.clock, on_change=self._limit
@@ -118,7 +119,7 @@ class Engine:
 
     def snapshot(self) -> Snapshot:
         budget = self.budget.budget if self.budget is not None else None
-        elapsed = self.clock.now() - self._t0
+        elapsed = self._ended_at if self._ended_at is not None else self._now()
         return Snapshot(
             state=self.state,
             **self.stats.counts(elapsed),
@@ -195,7 +196,8 @@ class Engine:
                 raise
             finally:
                 await self._reuse.close()  # durable before we return
-                self._emit(RunFinished(t=self._now(), stop_reason=self.stop_reason))
+                self._ended_at = self._now()
+                self._emit(RunFinished(t=self._ended_at, stop_reason=self.stop_reason))
         if self.run_error is not None:
             raise self.run_error
 

@@ -10,6 +10,15 @@ widget and waits for that idle, so after one change the control freezes for good
 widgets the kit owns, `publish_missing_idle` sends that idle: exactly one per comm message
 dispatched concurrently, only on the affected versions, and a no-op if internals change.
 Setting NOTEBOOK_KIT_NO_IDLE_FIX=1 turns it off (to see the bug, or if it ever misbehaves).
+
+The kernel status a frontend shows follows every status message, whatever its parent. So the
+fix publishes `busy` again right after its `idle` (a cell is still running, or the dispatch
+would not have been concurrent; the cell's own idle comes later). In JupyterLab >= 4.4 the
+indicator still reads "Idle" during an awaited cell after a widget change: JupyterLab sends
+widget messages over a kernel subshell, and ipykernel publishes that subshell's own
+busy/idle for each of them, which the frontend applies to the whole kernel (measured with
+JupyterLab 4.6, ipykernel 7.4: the websocket shows `busy, idle` for each subshell message).
+Nothing the kit sends can come after that idle, so the indicator is left as it is.
 """
 
 from __future__ import annotations
@@ -139,9 +148,13 @@ def _dispatched_concurrently() -> bool:
 
 
 def _publish_idle(msg: dict[str, Any]) -> None:
+    """The idle the widget frontend waits for, then busy again: the frontend's kernel status
+    follows every status message, and a cell is still running (the dispatch was concurrent),
+    so without the busy JupyterLab would show "Idle" until that cell ends."""
     kernel = _kernel()
     try:
         kernel._publish_status("idle", "shell", parent=msg)
+        kernel._publish_status("busy", "shell", parent=msg)
     except Exception:
         log.debug("could not publish idle for a widget message", exc_info=True)
 

@@ -171,17 +171,18 @@ class Panel(_Callbacks, Ticker):
 def status_line(snap: Snapshot) -> str:
     """State, rows, ok / error / retrying / in flight, the recent rate, tokens, cost."""
     finished = snap.done - snap.cancelled
-    parts = [
-        f"<b>{snap.state}</b>",
-        f"{finished}/{snap.total} rows",
-        f"ok {snap.ok}",
-        f"error {snap.error}",
-        f"retrying {snap.retrying}",
-        f"in flight {snap.in_flight}",
-        f"{snap.rate:.1f} rows/s",
-        f"{snap.input_tokens + snap.output_tokens:,} tokens",
-        snap.cost_text,
-    ]
+    over = snap.state in ("done", "stopped", "failed")
+    parts = [f"<b>{snap.state}</b>", f"{finished}/{snap.total} rows", f"ok {snap.ok}"]
+    parts.append(f"error {snap.error}")
+    if over:  # what is left to say once it ended: how long it took
+        parts.append(f"{snap.elapsed_s:.1f} s")
+    else:
+        parts += [
+            f"retrying {snap.retrying}",
+            f"in flight {snap.in_flight}",
+            f"{snap.rate:.1f} rows/s",
+        ]
+    parts += [f"{snap.input_tokens + snap.output_tokens:,} tokens", snap.cost_text]
     if snap.cached:
         parts.append(f"cached {snap.cached}")
     if snap.cancelled:

@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,9 @@ class Page:
     def click_stop(self, index: int) -> None:
         self.cells.nth(index).locator("button", has_text="Stop").click()
 
+    def save(self) -> None:
+        self.page.keyboard.press("Control+s")
+
 
 def moves(page: Page, cell: int, server: FakeLLMServer) -> list[tuple[int, int]]:
     """Move the slider 2 -> 5 -> 3 -> 7 -> 4; return (wanted, seen by the server) per move."""
@@ -231,9 +235,24 @@ def browser_page(chromium: str) -> Iterator[Callable[[Lab, str], Page]]:
             browser.close()
 
 
+@dataclass
+class Scenario:
+    background: list[tuple[int, int]]  # (slider value, requests in flight) during kit.start
+    awaited: list[tuple[int, int]]  # the same during an awaited run_df
+    stopped: str  # what the cell awaiting the stopped job printed
+    finished: str  # what the awaited cell printed after Stop
+    folder: Path  # where the notebook was saved
+
+
+def saved_outputs(path: Path) -> list[str]:
+    """The text the saved notebook holds in each cell's outputs."""
+    cells = json.loads(path.read_text())["cells"]
+    return [json.dumps(cell.get("outputs", [])) for cell in cells]
+
+
 def run_scenario(
     open_notebook: Callable[[Lab, str], Page], env: dict[str, str], screenshot: str
-) -> tuple[list[tuple[int, int]], list[tuple[int, int]], str, str]:
+) -> Scenario:
     with FakeLLMServer(api_key=KEY, latency=LATENCY) as server:
         folder = Path(tempfile.mkdtemp(prefix="nbkit-nb-"))
         notebook(folder / "steer.ipynb")
@@ -253,29 +272,47 @@ def run_scenario(
             finished = page.output(3, "AWAITED")
             ARTIFACTS.mkdir(exist_ok=True)
             page.page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
+            page.save()
+
+            def saved() -> bool:
+                outputs = saved_outputs(folder / "steer.ipynb")
+                return all("notebook-kit-summary" in outputs[cell] for cell in (1, 3))
+
+            assert until(saved, 30), "the notebook was not saved with the panels' summaries"
         finally:
             lab.close()
-    return background, awaited, stopped, finished
+    return Scenario(background, awaited, stopped, finished, folder)
 
 
 def test_every_slider_move_reaches_the_job(
     browser_page: Callable[[Lab, str], Page],
 ) -> None:
-    background, awaited, stopped, finished = run_scenario(browser_page, {}, "jupyterlab-panel.png")
-    assert all(want == seen for want, seen in background), background
-    assert all(want == seen for want, seen in awaited), awaited
-    for text in (stopped, finished):  # Stop kept the finished rows, the rest cancelled
-        counts = eval(text.split(" ", 1)[1])
+    run = run_scenario(browser_page, {}, "jupyterlab-panel.png")
+    assert all(want == seen for want, seen in run.background), run.background
+    assert all(want == seen for want, seen in run.awaited), run.awaited
+    for text in (run.stopped, run.finished):  # Stop kept the finished rows, the rest cancelled
+        counts = eval(text.split(" ", 1)[1].splitlines()[0])
         assert counts["ok"] > 0 and counts["cancelled"] > 0 and sum(counts.values()) == ROWS
+    # closed and reopened with a new server and kernel: the panels' summaries are there
+    lab = Lab(run.folder, {})
+    try:
+        page = browser_page(lab, "steer.ipynb")
+        for cell in (1, 3):
+            shown = page.output(cell, "notebook_kit ·", timeout=30_000)
+            assert "stopped" in shown and "rows" in shown, shown
+        page.page.screenshot(path=str(ARTIFACTS / "jupyterlab-reopened.png"), full_page=True)
+        assert page.page.get_by_text("Error displaying widget").count() == 0
+    finally:
+        lab.close()
 
 
 def test_without_the_fix_the_slider_freezes_during_an_awaited_run(
     browser_page: Callable[[Lab, str], Page],
 ) -> None:
-    background, awaited, _, _ = run_scenario(
+    run = run_scenario(
         browser_page, {"NOTEBOOK_KIT_NO_IDLE_FIX": "1"}, "jupyterlab-panel-no-fix.png"
     )
-    assert all(want == seen for want, seen in background), background  # kit.start is fine
+    assert all(want == seen for want, seen in run.background), run.background  # kit.start: fine
     # one key press gets through, then the slider is frozen for the rest of the run
-    assert awaited[0][1] == 3, awaited
-    assert all(seen == 3 for _, seen in awaited), awaited
+    assert run.awaited[0][1] == 3, run.awaited
+    assert all(seen == 3 for _, seen in run.awaited), run.awaited

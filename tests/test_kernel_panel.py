@@ -92,7 +92,7 @@ def test_awaited_run_df_takes_live_changes_on_ipykernel_7_only(
         updates.append(kernel.send_comm(slider["id"], {"value": value}))
         if version == NEW:
             wait_for(lambda v=value: level(server) == v)
-            wait_for(lambda: kernel.statuses(updates[-1]) == ["idle"])  # one, from the fix
+            wait_for(lambda: kernel.statuses(updates[-1]) == ["idle", "busy"])  # from the fix
         else:  # 6.x: changes wait for the cell to end; two more rounds go by at 2
             wait_for(lambda b=before: answered(server) >= b + 4)
             samples = [n for t, n in server.stats()["in_flight_samples"] if t > sent]
