@@ -53,6 +53,7 @@ def notebook(path: Path) -> None:
         "r = await job\nprint('STOPPED', r.status.value_counts().to_dict())",
         "r2 = await kit.run_df(df, 'prompt', concurrency=2)\n"
         "print('AWAITED', r2.status.value_counts().to_dict())",
+        "kit.estimate(df.head(3), 'prompt', provider='demo', max_tokens=10)",
     ]
     nb = {
         "cells": [
@@ -270,6 +271,9 @@ def run_scenario(
             awaited = moves(page, 3, server)
             page.click_stop(3)
             finished = page.output(3, "AWAITED")
+            page.run(4, expect="USD per 1M tokens")  # item 1: the price as text, not math
+            typeset = page.cells.nth(4).locator("mjx-container, .MathJax")
+            assert typeset.count() == 0, "the estimate's price was typeset as LaTeX"
             ARTIFACTS.mkdir(exist_ok=True)
             page.page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
             page.save()
