@@ -76,9 +76,13 @@ ENTRY_OPTIONS = frozenset(
 )
 
 
+SECRET_OPTIONS = frozenset({"api_key", "base_url"})  # their values are never quoted
+
+
 def _text(name: str, value: object) -> None:
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{name} must be non-empty text, got {value!r}")
+        shown = type(value).__name__ if name in SECRET_OPTIONS else repr(value)
+        raise ConfigError(f"{name} must be non-empty text, got {shown}")
 
 
 def _flag(name: str, value: object) -> None:
@@ -238,6 +242,7 @@ def run_config(
         pause_at_budget=pause_at_budget,
     )
     check_budget(config)
+    provider.check_params(config.params)  # a name the installed SDK refuses fails every row
     return config
 
 

@@ -190,3 +190,16 @@ async def test_a_tenacity_wait_replaces_the_backoff() -> None:
     attempts = kit.report(result).attempts()
     gaps = attempts["start_s"].iloc[1:].to_numpy() - attempts["end_s"].iloc[:-1].to_numpy()
     assert len(attempts) == 3 and (gaps >= 0.01).all() and (gaps < 0.5).all()
+
+
+async def test_a_key_given_as_bytes_is_refused_without_quoting_it() -> None:
+    secret = b"sk-test-SENTINEL-in-bytes"
+    with pytest.raises(kit.ConfigError) as caught:
+        await via_run_df(api_key=secret, provider="openai", progress=False)
+    assert "api_key must be non-empty text, got bytes" in str(caught.value)
+    assert "SENTINEL" not in str(caught.value)
+
+
+async def test_a_parameter_the_installed_sdk_refuses_is_refused_before_the_run() -> None:
+    with pytest.raises(kit.ConfigError, match=re.escape("extra_body={'temperature': ...}")):
+        kit.estimate(DF, "prompt", provider="anthropic", api_key="sk-ant-test", temperature=0.2)

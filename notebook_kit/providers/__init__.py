@@ -43,14 +43,19 @@ def resolve(
     if base_url is not None:
         return OpenAIProvider(api_key=api_key, base_url=base_url), False
     if api_key is not None:
-        if api_key.startswith("sk-ant-"):
+        if isinstance(api_key, str) and api_key.strip().startswith("sk-ant-"):
             return AnthropicProvider(api_key=api_key), False
         return OpenAIProvider(api_key=api_key), False
-    if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
+    if _is_set("OPENAI_API_KEY") or _is_set("OPENAI_BASE_URL"):
         return OpenAIProvider(), False
-    if os.environ.get("ANTHROPIC_API_KEY"):
+    if _is_set("ANTHROPIC_API_KEY"):
         return AnthropicProvider(), False
     return DemoProvider(), True
+
+
+def _is_set(env_var: str) -> bool:
+    """Whether the environment variable holds more than whitespace."""
+    return bool(os.environ.get(env_var, "").strip())
 
 
 __all__ = [

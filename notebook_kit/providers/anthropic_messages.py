@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from ..clock import Clock
 from ..errors import MissingKeyError
-from ..secrets import MASK, Redactor, check_base_url, safe_url
-from ..types import Completion, Request
-from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, rate_info
+from ..secrets import MASK, Redactor, check_base_url, read_key
+from ..types import Completion, RateInfo, Request
+from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, check_sdk_params, rate_info
+from .replies import invalid, label, reply_json, text_of, usage_of
 
 ENV_KEY = "ANTHROPIC_API_KEY"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this is used when none is given
@@ -40,7 +41,7 @@ class AnthropicProvider(Provider):
         base_url: str | None = None,
         default_model: str = "claude-haiku-4-5",
     ) -> None:
-        key = api_key or os.environ.get(ENV_KEY) or None
+        key = read_key(api_key, ENV_KEY)
         if key is None:
             raise MissingKeyError(
                 f"provider='anthropic' needs an API key: set {ENV_KEY}, pass api_key=..., "
@@ -53,10 +54,15 @@ class AnthropicProvider(Provider):
         self.redact = Redactor(key)
 
     def __repr__(self) -> str:
-        return f"AnthropicProvider(base_url={safe_url(self._base_url)!r}, api_key={MASK!r})"
+        return f"AnthropicProvider(base_url={self._base_url!r}, api_key={MASK!r})"
 
     def describe(self) -> dict[str, Any]:
-        return {"base_url": safe_url(self._base_url)}
+        return {"base_url": self._base_url}
+
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        from anthropic.resources.messages import AsyncMessages
+
+        check_sdk_params(params, AsyncMessages.create, "anthropic", {"stop": "stop_sequences"})
 
     def defaults(self) -> dict[str, Any]:
         return {"max_tokens": DEFAULT_MAX_TOKENS}
@@ -87,17 +93,29 @@ class _AnthropicSession(SDKSession):
         raw = await self._client.messages.with_raw_response.create(
             model=request.model, messages=messages, **params
         )
-        reply = await raw.parse()
-        text = "".join(b.text for b in reply.content if getattr(b, "type", "") == "text")
-        return Completion(
-            text=text,
-            model=reply.model or request.model,
-            input_tokens=reply.usage.input_tokens,
-            output_tokens=reply.usage.output_tokens,
-            finish_reason=FINISH_REASONS.get(reply.stop_reason or "", reply.stop_reason),
-            request_id=raw.headers.get("request-id"),
-            rate=rate_info(raw.headers),
-        )
+        request_id = label(raw.headers.get("request-id"))
+        body = reply_json(await raw.read(), request_id, self._redact)
+        return _completion(body, request, request_id, rate_info(raw.headers))
+
+
+def _completion(
+    body: dict[str, Any], request: Request, request_id: str | None, rate: RateInfo | None
+) -> Completion:
+    """The completion in a Messages body (see `replies` for odd field values)."""
+    content = body.get("content")
+    if not isinstance(content, list | str):  # a string: some compatible servers
+        raise invalid("malformed reply: no content list", request_id)
+    stop = label(body.get("stop_reason"))
+    input_tokens, output_tokens = usage_of(body, ("input_tokens", "output_tokens"))
+    return Completion(
+        text=text_of(content),
+        model=label(body.get("model")) or request.model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        finish_reason=FINISH_REASONS.get(stop, stop) if stop else None,
+        request_id=request_id,
+        rate=rate,
+    )
 
 
 def split_system(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:

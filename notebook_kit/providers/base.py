@@ -1,22 +1,24 @@
-"""What every provider offers the engine, and the HTTP-status-to-error table they share."""
+"""What every provider offers the engine, and what the SDK-backed ones share: the check of
+model parameters, rate-limit headers, and SDK errors turned into `CallError`s."""
 
 from __future__ import annotations
 
-import email.utils
-import json
+import functools
+import importlib.metadata
+import inspect
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
 from ..clock import Clock
-from ..errors import CallError
-from ..retry import sane_seconds
+from ..errors import CallError, ConfigError
 from ..secrets import Redactor
 from ..types import Completion, ErrorType, RateInfo, Request
+from .status import status_error
 
 SDK_TIMEOUT_SLACK = 30.0  # the SDK's own timeout is only a backstop behind the kit's deadline
 
@@ -58,29 +60,53 @@ class Provider(ABC):
         """Model parameters the provider needs when the user gives none."""
         return {}
 
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        """Raise `ConfigError` for a model parameter this provider cannot send (checked
+        before anything is sent). This default takes any parameter."""
+        return None
 
-def retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
-    if not headers:
+
+# Parameters of an SDK's create() that the kit sets itself, and where the user sets them.
+KIT_PARAMS = {
+    "model": "use model=... (or model_col=...)",
+    "messages": "the messages come from the frame (template=..., messages_col=...)",
+    "system": "use system=... (or system_col=...)",
+    "stream": "notebook_kit reads whole replies",
+    "timeout": "use timeout=... (seconds per attempt)",
+}
+
+
+@functools.cache
+def keyword_params(function: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword arguments `function` takes (None: any, it has **kwargs); read once."""
+    params = inspect.signature(function).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return sane_seconds(float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return sane_seconds(float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def check_sdk_params(
+    params: Mapping[str, Any],
+    create: Callable[..., Any],
+    sdk: str,
+    renamed: Mapping[str, str] | None = None,
+) -> None:
+    """`ConfigError` for a parameter the kit sets itself or the installed `sdk`'s `create`
+    does not take (it would fail every row with a TypeError); `renamed`: the SDK's name
+    for a parameter it calls differently."""
+    accepted = keyword_params(create)
+    for name in params:
+        if name in KIT_PARAMS:
+            raise ConfigError(f"{name}=... is set by notebook_kit: {KIT_PARAMS[name]}")
+        if accepted is None or name in accepted:
+            continue
+        unknown = f"{name}=... is not a parameter of the installed {sdk} SDK"
+        if renamed and name in renamed:
+            raise ConfigError(f"{unknown}: it is called {renamed[name]}=...")
+        raise ConfigError(
+            f"{unknown} ({importlib.metadata.version(sdk)}); for a server that still accepts "
+            f"it, pass extra_body={{{name!r}: ...}}"
+        )
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -129,58 +155,30 @@ def rate_info(headers: Mapping[str, str] | None) -> RateInfo | None:
     return None
 
 
-QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
-FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors under it, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
-def status_error(
-    status: int,
-    message: str,
-    *,
-    code: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    request_id: str | None = None,
-) -> CallError:
-    """Map an HTTP error reply to a `CallError` with a one-line, actionable message."""
-    lowered = message.lower()
-    out_of_credit = status == 429 and (code in QUOTA_CODES or "quota" in lowered)
-    if out_of_credit or status == 402 or "credit balance" in lowered:
-        kind = ErrorType.QUOTA
-    elif status == 429:
-        kind = ErrorType.RATE_LIMIT
-    elif status in (401, 403):
-        kind = ErrorType.AUTH
-    elif status == 404:
-        kind = ErrorType.NOT_FOUND
-    elif status == 408:
-        kind = ErrorType.TIMEOUT
-    elif status == 409 or status >= 500:
-        kind = ErrorType.SERVER
-    elif code in FILTER_CODES:
-        kind = ErrorType.CONTENT_FILTER
-    else:
-        kind = ErrorType.BAD_REQUEST
-    wait = retry_after(headers) if kind is ErrorType.RATE_LIMIT else None
-    text = " ".join(message.split())[:300]
-    return CallError(
-        kind, f"HTTP {status}: {text}", status=status, retry_after=wait, request_id=request_id
-    )
-
-
-def body_message(body: object, fallback: str) -> tuple[str, str | None]:
-    """The `message` and `code` of an SDK error body (already unwrapped from `error`)."""
-    if isinstance(body, Mapping):
-        message = body.get("message")
-        code = body.get("code") or body.get("type")
-        return (str(message) if message else fallback), (str(code) if code else None)
-    return fallback, None
-
-
-def connection_text(exc: BaseException, redact: Redactor) -> str:
-    """One line on why a connection failed, from the transport error under the SDK's."""
-    cause = exc.__cause__ or exc.__context__
-    detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
-    return redact(f"connection failed ({' '.join(detail.split())[:200]})")
+def transport_error(exc: BaseException, redact: Redactor) -> CallError:
+    """A request that got no HTTP reply: a timeout only if a real one is under the SDK's
+    error. Both SDKs' APITimeoutError subclasses APIConnectionError, and openai's aiohttp
+    transport reports a refused connection, a failed DNS lookup or a closed socket as a
+    connect *timeout*: the type of the SDK's error cannot tell them apart."""
+    chain = _causes(exc)
+    if any(isinstance(error, TimeoutError) for error in chain):
+        return CallError(ErrorType.TIMEOUT, "the server did not answer in time")
+    wrappers = ("openai", "anthropic", "httpx", "httpcore")
+    cause = next((e for e in chain[1:] if not type(e).__module__.startswith(wrappers)), None)
+    cause = cause or chain[-1]
+    detail = f"{type(cause).__name__}: {cause}" if cause is not exc else str(exc)
+    text = f"connection failed ({' '.join(detail.split())[:200]})"
+    return CallError(ErrorType.CONNECTION, redact(text))
 
 
 class SDKSession(ABC):
@@ -212,21 +210,15 @@ class SDKSession(ABC):
         if isinstance(exc, CallError):
             return exc
         if isinstance(exc, sdk.APIStatusError):
-            message, code = body_message(exc.body, exc.message)
             return status_error(
                 exc.status_code,
-                self._redact(message),
-                code=code,
+                exc.body,
                 headers=exc.response.headers,
                 request_id=exc.request_id,
+                redact=self._redact,
             )
-        if isinstance(exc, sdk.APITimeoutError):
-            return CallError(ErrorType.TIMEOUT, "the server did not answer in time")
-        if isinstance(exc, sdk.APIConnectionError):
-            return CallError(ErrorType.CONNECTION, connection_text(exc, self._redact))
-        if isinstance(exc, json.JSONDecodeError | sdk.APIResponseValidationError):
-            # the SDKs raise a bare JSONDecodeError for a broken 200 body
-            return CallError(ErrorType.INVALID_RESPONSE, f"malformed reply: {type(exc).__name__}")
+        if isinstance(exc, sdk.APIConnectionError):  # its APITimeoutError too
+            return transport_error(exc, self._redact)
         if isinstance(exc, UnicodeEncodeError):
             return CallError(ErrorType.INVALID_INPUT, "the prompt holds text that is not UTF-8")
         return None

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from ..clock import Clock
 from ..errors import CallError, MissingKeyError
-from ..secrets import MASK, Redactor, check_base_url, safe_url
-from ..types import Completion, ErrorType, Request
-from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, rate_info
+from ..secrets import MASK, Redactor, check_base_url, read_key
+from ..types import Completion, ErrorType, RateInfo, Request
+from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, check_sdk_params, rate_info
+from .replies import invalid, label, reply_json, text_of, usage_of
 
 ENV_KEY = "OPENAI_API_KEY"
 LOCAL_KEY = "not-needed"  # OpenAI-compatible local servers take any key
@@ -34,7 +34,7 @@ class OpenAIProvider(Provider):
     ) -> None:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         check_base_url(base_url)
-        key = api_key or os.environ.get(ENV_KEY) or None
+        key = read_key(api_key, ENV_KEY)
         if key is None and base_url is None:
             raise MissingKeyError(
                 f"provider='openai' needs an API key: set {ENV_KEY}, pass api_key=..., "
@@ -46,10 +46,15 @@ class OpenAIProvider(Provider):
         self.redact = Redactor(key)
 
     def __repr__(self) -> str:
-        return f"OpenAIProvider(base_url={safe_url(self._base_url)!r}, api_key={MASK!r})"
+        return f"OpenAIProvider(base_url={self._base_url!r}, api_key={MASK!r})"
 
     def describe(self) -> dict[str, Any]:
-        return {"base_url": safe_url(self._base_url)}
+        return {"base_url": self._base_url}
+
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        from openai.resources.chat import AsyncCompletions
+
+        check_sdk_params(params, AsyncCompletions.create, "openai")
 
     @asynccontextmanager
     async def session(self, *, timeout: float, clock: Clock) -> AsyncIterator[_OpenAISession]:
@@ -73,33 +78,38 @@ class _OpenAISession(SDKSession):
         raw = await self._client.chat.completions.with_raw_response.create(
             model=request.model, messages=request.messages, **request.params
         )
-        completion = _completion(raw.parse(), raw.headers.get("x-request-id"), request.model)
-        return dataclasses.replace(completion, rate=rate_info(raw.headers))
+        request_id = label(raw.headers.get("x-request-id"))
+        body = reply_json(raw.content, request_id, self._redact)
+        return _completion(body, request, request_id, rate_info(raw.headers))
 
 
-def _completion(reply: Any, request_id: str | None, model: str | None) -> Completion:
-    if not reply.choices:
-        raise CallError(
-            ErrorType.INVALID_RESPONSE, "the reply has no choices", request_id=request_id
-        )
-    choice = reply.choices[0]
-    message = choice.message
-    finish = choice.finish_reason
+def _completion(
+    body: dict[str, Any], request: Request, request_id: str | None, rate: RateInfo | None
+) -> Completion:
+    """The completion in a Chat Completions body (see `replies` for odd field values)."""
+    choices = body.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(choice, dict) or not isinstance(message, dict):
+        raise invalid("malformed reply: no choices[0].message", request_id)
+    finish = label(choice.get("finish_reason"))
     if finish == "content_filter":
         raise CallError(
             ErrorType.CONTENT_FILTER,
             "the provider's content filter stopped the reply",
             request_id=request_id,
         )
-    text = message.content
-    if text is None and getattr(message, "refusal", None):
-        text, finish = message.refusal, "refusal"
-    usage = reply.usage
+    text = text_of(message.get("content"))
+    refusal = label(message.get("refusal"))
+    if not text and refusal:
+        text, finish = refusal, "refusal"
+    input_tokens, output_tokens = usage_of(body, ("prompt_tokens", "completion_tokens"))
     return Completion(
-        text=text or "",
-        model=reply.model or model,
-        input_tokens=usage.prompt_tokens if usage else None,
-        output_tokens=usage.completion_tokens if usage else None,
+        text=text,
+        model=label(body.get("model")) or request.model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
         finish_reason=finish,
         request_id=request_id,
+        rate=rate,
     )

@@ -29,6 +29,14 @@ of this prompt), ``[[429 retry_after=1.5]]``, ``[[quota]]``, ``[[reset]]``,
 ``[[latency=0.5]]``, ``[[finish=length]]``, ``[[finish=content_filter]]``,
 ``[[tokens=500]]``. An unknown directive gets a 400.
 
+Hostile replies: ``[[not_utf8]]`` (a 200 whose body is not UTF-8), ``[[error_200]]``
+(a 200 carrying the API's error body), ``[[429 retry_after_header=nan
+retry_after_ms_header=-5000]]`` (Retry-After headers sent verbatim, only those given);
+settings ``reply_patch`` (a JSON merge patch, RFC 7396, applied to every success body:
+``{"usage": {"input_tokens": "12"}}``; null removes a key) and ``error_body`` (sent
+instead of the API's body on every error answer). ``stats()["systems_seen"]`` holds the
+system prompt of each request in arrival order ("" when none).
+
 Modules: ``server`` (lifecycle, routes, control endpoints), ``core`` (the
 per-request pipeline: directives, limits, faults, latency, in-flight
 accounting), ``settings``, ``state`` (rate-limit windows, stats), ``api`` (the

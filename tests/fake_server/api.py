@@ -24,6 +24,7 @@ class ChatRequest:
 
     model: str
     prompt: str  # text of the last user message
+    system: str  # the system prompt: OpenAI's system messages, Anthropic's `system` field
     input_tokens: int
     max_tokens: int | None
     api_key: str | None
@@ -34,10 +35,14 @@ class ChatRequest:
         messages = [m for m in body["messages"] if isinstance(m, dict)]
         texts = [_text(m.get("content")) for m in messages] + [_text(body.get("system"))]
         prompts = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+        systems = [_text(m.get("content")) for m in messages if m.get("role") == "system"]
+        if "system" in body:
+            systems.append(_text(body["system"]))
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         return cls(
             model=str(body.get("model", "")),
             prompt=prompts[-1] if prompts else "",
+            system="\n\n".join(systems),
             input_tokens=max(1, sum(map(len, texts)) // 4),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             api_key=api_key,
@@ -76,6 +81,7 @@ class ApiError:
     code: str | None = None
     openai_type: str | None = None  # OpenAI's free-form error type; other APIs derive theirs
     retry_after: float | None = None
+    retry_headers: dict[str, str] | None = None  # sent verbatim instead of retry_after's
 
 
 class Api(ABC):
@@ -122,6 +128,19 @@ def seconds(value: float) -> str:
 def milliseconds(value: float) -> int:
     """Seconds as whole milliseconds, rounded up (float noise ignored)."""
     return math.ceil(round(value * 1000, 6))
+
+
+def merge_patch(target: object, patch: object) -> Any:
+    """`target` with a JSON merge patch (RFC 7396) applied: objects merge, null removes."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
 
 
 def _text(content: object) -> str:

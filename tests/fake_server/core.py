@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .api import Api, ApiError, ChatRequest, Reply, api_key, milliseconds, seconds
+from .api import Api, ApiError, ChatRequest, Reply, api_key, merge_patch, milliseconds, seconds
 from .settings import RANDOM_FAULTS, Directive, Fault, Settings
 from .state import Stats, Window
 
@@ -98,6 +98,7 @@ class Core:
             attempt = stats.attempts_by_prompt.get(chat.prompt, 0) + 1
             stats.attempts_by_prompt[chat.prompt] = attempt
             stats.max_tokens_seen.append(chat.max_tokens)
+            stats.systems_seen.append(chat.system)
             rejection = self._rejection(api, settings, chat, arrival)
             fault = self._pick_fault(settings, directive, attempt) if rejection is None else None
         if rejection is not None:
@@ -107,6 +108,8 @@ class Core:
         if directive is not None and directive.retry_after is not None:
             retry_after = directive.retry_after
         error = _fault_error(api, fault, retry_after)
+        if error is not None and directive is not None and directive.retry_headers:
+            error = dataclasses.replace(error, retry_headers=directive.retry_headers)
         if error is not None and error.status < 500:
             return self._error(api, rid, error)
         if fault == "hang":
@@ -122,7 +125,7 @@ class Core:
             return web.Response()  # never sent: the connection is gone
         if error is not None:
             return self._error(api, rid, error)
-        return self._success(api, rid, settings, chat, directive, malformed=fault == "malformed")
+        return self._success(api, rid, settings, chat, directive, fault)
 
     def _rejection(
         self, api: Api, settings: Settings, chat: ChatRequest, now: float
@@ -196,30 +199,40 @@ class Core:
         settings: Settings,
         chat: ChatRequest,
         directive: Directive | None,
-        *,
-        malformed: bool,
+        fault: Fault | None,
     ) -> web.Response:
+        """A 200; `fault` may still spoil it: malformed, not_utf8 or error_200."""
         reply = Reply.to(chat, directive)
         body = api.success_body(rid, chat, reply, usage=settings.usage)
+        if settings.reply_patch is not None:
+            body = merge_patch(body, settings.reply_patch)
+        if fault == "error_200":
+            body = api.error_body(ApiError(529, "Overloaded (an error in a 200 reply)."))
         payload = json.dumps(body).encode()
+        if fault == "not_utf8":
+            payload = payload.replace(b'"', b'"\xff', 1)  # the first key is not UTF-8
         with self._lock:
-            self._stats.tokens_billed_input += chat.input_tokens
-            self._stats.tokens_billed_output += reply.output_tokens
-            if malformed:
+            if fault != "error_200":
+                self._stats.tokens_billed_input += chat.input_tokens
+                self._stats.tokens_billed_output += reply.output_tokens
+            if fault == "malformed":
                 self._stats.malformed += 1
                 payload = payload[: len(payload) // 2]
         return self._response(api, rid, 200, payload)
 
     def _error(self, api: Api, rid: int, error: ApiError) -> web.Response:
-        payload = json.dumps(api.error_body(error)).encode()
-        return self._response(api, rid, error.status, payload, error.retry_after)
+        body = self._settings.error_body
+        body = api.error_body(error) if body is None else body
+        return self._response(api, rid, error.status, json.dumps(body).encode(), error)
 
     def _response(
-        self, api: Api, rid: int, status: int, payload: bytes, retry_after: float | None = None
+        self, api: Api, rid: int, status: int, payload: bytes, error: ApiError | None = None
     ) -> web.Response:
         headers = {api.request_id_header: f"req_{rid}"}
-        if retry_after is not None:
-            retry_ms = milliseconds(retry_after)
+        if error is not None and error.retry_headers is not None:
+            headers.update(error.retry_headers)
+        elif error is not None and error.retry_after is not None:
+            retry_ms = milliseconds(error.retry_after)
             headers["retry-after"] = seconds(retry_ms / 1000)
             headers["retry-after-ms"] = str(retry_ms)
         with self._lock:
@@ -266,7 +279,8 @@ class Core:
 
 
 def _fault_error(api: Api, fault: Fault | None, retry_after: float) -> ApiError | None:
-    """The error answer a fault stands for; None for success, reset, hang and malformed."""
+    """The error answer a fault stands for; None for success, reset, hang and the faults
+    that spoil a 200 (malformed, not_utf8, error_200)."""
     if fault == "quota":
         return api.quota_error()
     if fault == "content_filter":

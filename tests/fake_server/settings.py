@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 Finish = Literal["stop", "length", "content_filter"]
-NamedFault = Literal["quota", "content_filter", "reset", "hang", "malformed"]
+NamedFault = Literal[
+    "quota", "content_filter", "reset", "hang", "malformed", "not_utf8", "error_200"
+]
 Fault = int | NamedFault  # an HTTP status to answer with, or a named fault
 NAMED_FAULTS: tuple[NamedFault, ...] = get_args(NamedFault)
 FINISHES: tuple[Finish, ...] = get_args(Finish)
@@ -49,6 +51,8 @@ class Settings:
     quota_exhausted: bool = False
     usage: bool = True
     rate_headers: bool = True  # False: enforce rpm/tpm limits without disclosing them
+    reply_patch: dict[str, Any] | None = None  # JSON merge patch on every success body
+    error_body: dict[str, Any] | None = None  # sent instead of the API's body on every error
 
     def __post_init__(self) -> None:
         if self.models is not None:
@@ -78,6 +82,15 @@ class Directive:
     latency: float | None = None
     finish: Finish | None = None
     tokens: int | None = None
+    retry_after_header: str | None = None  # sent verbatim as retry-after ("-5", "nan")
+    retry_after_ms_header: str | None = None  # sent verbatim as retry-after-ms
+
+    @property
+    def retry_headers(self) -> dict[str, str] | None:
+        """The verbatim Retry-After headers asked for, None: the server computes them."""
+        raw = {"retry-after": self.retry_after_header, "retry-after-ms": self.retry_after_ms_header}
+        headers = {name: value for name, value in raw.items() if value is not None}
+        return headers or None
 
     @classmethod
     def parse(cls, prompt: str) -> Directive | None:
@@ -98,7 +111,9 @@ class Directive:
                 fields[key] = int(value)
             elif key in ("retry_after", "latency"):
                 fields[key] = float(value)
-            elif key == "finish" and value in FINISHES:
+            elif key in ("retry_after_header", "retry_after_ms_header") or (
+                key == "finish" and value in FINISHES
+            ):
                 fields[key] = value
             else:
                 raise ValueError(f"unknown directive {token!r}")

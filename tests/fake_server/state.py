@@ -55,6 +55,7 @@ class Stats:
     tokens_billed_output: int = 0
     latencies: list[float] = field(default_factory=list)
     max_tokens_seen: list[int | None] = field(default_factory=list)
+    systems_seen: list[str] = field(default_factory=list)  # the system prompt, "" when none
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-compatible deep copy."""
