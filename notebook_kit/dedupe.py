@@ -3,6 +3,10 @@
 The engine asks `lead(request)` before a row takes a slot. Rows served here go back to the
 engine through the one `finish` callback, with their source ("cache" or "dedupe"); they
 report attempts 0, `cached` True and cost 0.
+
+A cache that cannot be written never fails or hangs a run: after a failed write the run
+stores no more replies (each could wait out the busy timeout again; the next run tries
+afresh), the wait for the last writes is bounded, and one warning a run says what happened.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ class Reuse:
         self._base_url = base_url
         self._finish = finish
         self._followers: dict[str, list[int]] = {}  # fingerprint -> rows waiting for its reply
+        self._writing = cache is not None  # until a write to the cache fails in this run
+        self._failures = cache.write_failures if cache is not None else 0  # before this run
+        self._read_warned = False
 
     def lead(self, request: Request) -> str | None:
         """The request's key if it must be sent; None if it was served or follows."""
@@ -51,8 +58,9 @@ class Reuse:
         self, print_: str, request: Request, result: RowResult, completion: Completion | None
     ) -> None:
         """A leader finished: store its reply, and give its followers their results."""
-        if completion is not None and self._cache is not None:
-            self._cache.put(print_, self._provider, request.model or "", completion)
+        cache = self._writable()
+        if completion is not None and cache is not None:
+            cache.put(print_, self._provider, request.model or "", completion)
         for key in self._followers.pop(print_, []):
             self._finish(_follow(key, request.key, result, completion), "dedupe")
 
@@ -61,10 +69,34 @@ class Reuse:
         self._followers.pop(print_, None)
 
     async def close(self) -> None:
-        """Make every stored reply durable before the run returns."""
-        if self._cache is not None:
-            self._cache.release()
-            await asyncio.to_thread(self._cache.flush)
+        """Make every stored reply durable before the run returns; never wait forever."""
+        cache = self._cache
+        if cache is None:
+            return
+        cache.release()
+        flushed = await asyncio.to_thread(cache.flush)
+        if self._writable() is not None and not flushed:  # else a failure was reported
+            log.warning(
+                "gave up waiting for the writes to the cache %s: none finished in time (another "
+                "process may hold its lock, or its disk does not answer). The results are in "
+                "the frame; the last replies of this run may not be cached",
+                cache.path,
+            )
+
+    def _writable(self) -> Cache | None:
+        """The cache while this run still writes to it; after a failed write, None (and
+        the run's one warning, with the file and sqlite's error)."""
+        cache = self._cache
+        if self._writing and cache is not None and cache.write_failures != self._failures:
+            self._writing = False
+            log.warning(
+                "could not write the cache %s: %s. The results are in the frame, but this run "
+                'stores no more replies (free space, choose another file: cache="path.sqlite", '
+                "or run without a cache: cache=False)",
+                cache.path,
+                cache.write_error,
+            )
+        return cache if self._writing else None
 
     def _key(self, request: Request) -> str:
         """The cache's fingerprint; without a cache, a key good within this run only (the
@@ -82,7 +114,9 @@ class Reuse:
         try:
             return self._cache.get(print_)
         except Exception as exc:
-            log.warning("cache lookup failed, calling the model instead: %s", exc)
+            if not self._read_warned:  # one warning a run, not one a row
+                self._read_warned = True
+                log.warning("cache lookup failed, calling the model instead: %s", exc)
             return None
 
 

@@ -39,6 +39,23 @@ class Redactor:
         return f"Redactor({self._count} secrets)"
 
 
+class Secret:
+    """A key held by a provider: its repr is masked, so printing the provider's attributes
+    (`vars(provider)`, a debugger, a traceback with locals) shows no key."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The key itself, for the SDK client only."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK!r})"
+
+
 def read_key(argument: str | None, env_var: str) -> str | None:
     """The API key given as `argument`, else in the environment variable `env_var`, without
     the whitespace a paste leaves around it; None when neither holds one.

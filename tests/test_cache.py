@@ -19,6 +19,7 @@ from conftest import KEY
 from fake_server import FakeLLMServer
 
 import notebook_kit as kit
+from notebook_kit import cache as cache_module
 from notebook_kit.cache import Cache
 from notebook_kit.types import Completion
 
@@ -34,12 +35,16 @@ async def run(server: FakeLLMServer, df: pd.DataFrame, **kwargs: Any) -> pd.Data
     return await kit.run_df(df, "prompt", base_url=server.openai_base_url, api_key=KEY, **kwargs)
 
 
-def integrity(path: Path) -> str:
+def ask(path: Path, sql: str) -> Any:
+    """One value about the file, from a connection of the test's own (not the cache's)."""
     conn = sqlite3.connect(path)
     try:
-        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+        return conn.execute(sql).fetchone()[0]
     finally:
         conn.close()
+
+
+INTEGRITY, ENTRIES = "PRAGMA integrity_check", "SELECT COUNT(*) FROM completions"
 
 
 async def test_a_second_run_makes_no_calls(server: FakeLLMServer) -> None:
@@ -178,7 +183,7 @@ def test_two_processes_share_one_cache_file(tmp_path: Path) -> None:
     ]
     outputs = [w.communicate(timeout=120)[0] for w in writers]
     assert [o.strip() for o in outputs] == ["done", "done"]
-    assert integrity(path) == "ok"
+    assert ask(path, INTEGRITY) == "ok"
     assert Cache(path).info()["entries"] == 10_000
 
 
@@ -212,7 +217,7 @@ async def test_resume_after_a_killed_process_calls_only_unfinished_rows(
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
     assert child.returncode == -signal.SIGKILL
-    assert integrity(path) == "ok"
+    assert ask(path, INTEGRITY) == "ok"
     saved = Cache(path).info()["entries"]
     sent_before = server.stats()["requests_total"]
     assert 10 <= saved < 60
@@ -223,14 +228,27 @@ async def test_resume_after_a_killed_process_calls_only_unfinished_rows(
     assert server.stats()["requests_total"] - sent_before == 60 - saved
 
 
-@pytest.mark.parametrize("wal", [True, False])
-def test_journal_modes(tmp_path: Path, wal: bool) -> None:
-    cache = Cache(tmp_path / "j.sqlite", wal=wal)
+@pytest.mark.parametrize(
+    ("wal", "network", "expected"),
+    [(True, False, "wal"), (False, False, "delete"), (None, True, "delete"), (None, False, "wal")],
+)
+def test_journal_modes(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    wal: bool | None,
+    network: bool,
+    expected: str,
+) -> None:
+    """The mode asked for (or chosen for a network file system) is the one sqlite uses."""
+    monkeypatch.setattr(cache_module, "on_network_filesystem", lambda path: network)
+    path = tmp_path / "j.sqlite"
+    cache = Cache(path, wal=wal)
     cache.put("k", "demo", "m", Completion(text="hi", model="m"))
     cache.flush()
     assert cache.get("k") == Completion(text="hi", model="m")
-    assert cache.info()["journal"] == ("wal" if wal else "delete")
     cache.release()
+    assert ask(path, "PRAGMA journal_mode") == expected  # what sqlite says, not the argument
+    assert cache.info()["journal"] == expected
 
 
 def test_interrupted_writes_leave_a_sound_file(tmp_path: Path) -> None:
@@ -240,14 +258,14 @@ def test_interrupted_writes_leave_a_sound_file(tmp_path: Path) -> None:
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER.replace("5000", "200000"), str(path), "x"]
     )
-    end = time.monotonic() + 60
-    while Cache(path).info()["entries"] < 2000:  # kill it in the middle of its stream
+    end = time.monotonic() + 60  # the child imports first; then commits come every ~0.1 s
+    while ask(path, ENTRIES) < 2000:  # kill it in the middle of its stream
         assert time.monotonic() < end and writer.poll() is None, "the writer did not write"
-        time.sleep(0.05)
+        time.sleep(0.01)
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=10)
-    assert integrity(path) == "ok"
-    assert Cache(path).info()["entries"] > 0
+    assert ask(path, INTEGRITY) == "ok"
+    assert ask(path, ENTRIES) >= 2000
 
 
 def test_a_put_as_the_writer_retires_is_still_written(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import KEY
 
 import notebook_kit as kit
 from notebook_kit.events import LimitChanged
@@ -236,3 +237,26 @@ async def test_item7_an_unknown_price_is_na_in_the_total_too_never_zero() -> Non
     assert result["cost_usd"].isna().all()
     meta = result.attrs["notebook_kit"]
     assert meta["cost_usd"] is None and meta["unpriced_replies"] == 2
+
+
+@pytest.mark.looptime(False)  # the wire: the fake server records what it received
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_item21_each_rows_system_prompt_reaches_the_server(server: Any, api: str) -> None:
+    url = server.openai_base_url if api == "openai" else server.anthropic_base_url
+    df = pd.DataFrame(
+        {"prompt": ["a", "b", "c", "d"], "persona": ["Be brief.", None, "Be kind.", "Be brief."]}
+    )
+    result = await kit.run_df(
+        df,
+        "prompt",
+        system_col="persona",
+        system="Default voice.",  # ignored: a per-row system prompt wins where given
+        provider=api,
+        base_url=url,
+        api_key=KEY,
+        concurrency=1,
+        progress=False,
+        cache=False,
+    )
+    assert (result["status"] == "ok").all()
+    assert server.stats()["systems_seen"] == ["Be brief.", "", "Be kind.", "Be brief."]

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..errors import MissingKeyError
-from ..secrets import MASK, Redactor, check_base_url, read_key
+from ..secrets import MASK, Redactor, Secret, check_base_url, read_key
 from ..types import Completion, RateInfo, Request
 from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, check_sdk_params, rate_info
 from .replies import invalid, label, reply_json, text_of, usage_of
@@ -47,7 +47,7 @@ class AnthropicProvider(Provider):
                 f"provider='anthropic' needs an API key: set {ENV_KEY}, pass api_key=..., "
                 "or use provider='demo'."
             )
-        self._api_key = key
+        self._api_key = Secret(key)
         self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         check_base_url(self._base_url)
         self.default_model = default_model
@@ -72,7 +72,7 @@ class AnthropicProvider(Provider):
         import anthropic
 
         client = anthropic.AsyncAnthropic(
-            api_key=self._api_key,
+            api_key=self._api_key.reveal(),
             base_url=self._base_url,
             max_retries=0,
             timeout=timeout + SDK_TIMEOUT_SLACK,

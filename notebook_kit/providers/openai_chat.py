@@ -9,7 +9,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..errors import CallError, MissingKeyError
-from ..secrets import MASK, Redactor, check_base_url, read_key
+from ..secrets import MASK, Redactor, Secret, check_base_url, read_key
 from ..types import Completion, ErrorType, RateInfo, Request
 from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, check_sdk_params, rate_info
 from .replies import invalid, label, reply_json, text_of, usage_of
@@ -40,7 +40,7 @@ class OpenAIProvider(Provider):
                 f"provider='openai' needs an API key: set {ENV_KEY}, pass api_key=..., "
                 "give base_url=... for a local OpenAI-compatible server, or use provider='demo'."
             )
-        self._api_key = key or LOCAL_KEY
+        self._api_key = Secret(key or LOCAL_KEY)
         self._base_url = base_url
         self.default_model = default_model
         self.redact = Redactor(key)
@@ -61,7 +61,7 @@ class OpenAIProvider(Provider):
         import openai
 
         client = openai.AsyncOpenAI(
-            api_key=self._api_key,
+            api_key=self._api_key.reveal(),
             base_url=self._base_url,
             max_retries=0,
             timeout=timeout + SDK_TIMEOUT_SLACK,
