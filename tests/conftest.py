@@ -52,6 +52,17 @@ def close_the_loop_looptime_makes(request: pytest.FixtureRequest) -> Iterator[No
         policy.set_event_loop(None)
 
 
+@pytest.fixture
+def priced() -> Iterator[None]:
+    """The model "priced-model" costs $0.001 per token, in and out, for this test."""
+    from notebook_kit.pricing import _custom, price_of
+
+    kit.set_price("priced-model", input=1000.0, output=1000.0)
+    yield
+    _custom.clear()
+    price_of.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def nothing_held_after_a_run() -> Iterator[None]:
     """After every test, the last finished run holds no concurrency slot and no budget

@@ -19,7 +19,6 @@ from conftest import KEY
 
 import notebook_kit as kit
 from notebook_kit.events import LimitChanged
-from notebook_kit.pricing import _custom, price_of
 
 pytestmark = pytest.mark.looptime
 
@@ -175,14 +174,6 @@ class _Billed(_Counted):
         text = "".join(str(m["content"]) for m in request.messages)
         model = owner.reply_model or reply.model
         return dataclasses.replace(reply, input_tokens=owner.bill(text), model=model)
-
-
-@pytest.fixture
-def priced() -> Any:
-    kit.set_price("priced-model", input=1000.0, output=1000.0)  # $0.001 per token
-    yield
-    _custom.clear()
-    price_of.cache_clear()
 
 
 def utf8_bytes(text: str) -> int:

@@ -29,7 +29,6 @@ from notebook_kit.events import (
     RowStarted,
     RunFinished,
 )
-from notebook_kit.pricing import _custom, price_of
 from notebook_kit.types import Request
 
 pytestmark = pytest.mark.looptime
@@ -216,19 +215,11 @@ async def test_a_stop_during_a_backoff_ends_the_row_at_once() -> None:
     assert result.loc[0, "error"] == "stopped by the user"
 
 
-@pytest.fixture
-def priced_demo() -> Any:
-    kit.set_price("demo-priced", input=1000.0, output=1000.0)  # $0.001 per token
-    yield
-    _custom.clear()
-    price_of.cache_clear()
-
-
-@pytest.mark.usefixtures("priced_demo")
+@pytest.mark.usefixtures("priced")
 async def test_the_budget_stops_a_run_before_the_next_request_would_pass_it() -> None:
     demo = kit.DemoProvider(latency=0.1)
     df = prompts(50)
-    result = await run(df, demo, model="demo-priced", budget_usd=0.2, max_tokens=10)
+    result = await run(df, demo, model="priced-model", budget_usd=0.2, max_tokens=10)
     meta = result.attrs["notebook_kit"]
     assert 0.1 < meta["cost_usd"] <= 0.2
     assert (result["status"] == "cancelled").any()
