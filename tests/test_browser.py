@@ -269,6 +269,8 @@ def run_scenario(
             stopped = page.output(2, "STOPPED")
             page.run(3, selector=".noUi-handle")
             awaited = moves(page, 3, server)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.page.screenshot(path=str(ARTIFACTS / f"live-{screenshot}"), full_page=True)
             page.click_stop(3)
             finished = page.output(3, "AWAITED")
             page.run(4, expect="USD per 1M tokens")  # item 1: the price as text, not math
