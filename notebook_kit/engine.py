@@ -31,16 +31,8 @@ from .events import (
     Source,
     StopRequested,
 )
-from .meters import (
-    AttemptOutcome,
-    BudgetMeter,
-    ConcurrencyMeter,
-    HeaderPacing,
-    Meter,
-    RateMeter,
-    Refused,
-    StartGate,
-)
+from .meters import AttemptOutcome, BudgetMeter, ConcurrencyMeter, Refused, StartGate
+from .meters.assembly import run_meters, with_budget
 from .providers.base import Provider
 from .reporting import RunStats, Snapshot
 from .retry import Retrier
@@ -84,18 +76,14 @@ class Engine:
             limits.concurrency, adaptive=limits.adaptive, clock=self.clock, on_change=self._limit
         )
         self.gate = StartGate(clock=self.clock, policy=policy)
-        self.budget: BudgetMeter | None = None
-        meters: list[Meter] = [self.concurrency, self.gate]
-        if limits.rpm:
-            meters.append(RateMeter(limits.rpm * limits.headroom, clock=self.clock))
-        if limits.tpm:
-            meters.append(RateMeter.tokens(limits.tpm * limits.headroom, clock=self.clock))
-        if config.budget_usd is not None:
-            self.budget = self._budget_meter(config.budget_usd)
-            meters.append(self.budget)
-        if not limits.rpm:  # the user's rpm paces this run; the headers would only add caution
-            meters.append(HeaderPacing(self.gate, cap=policy.retry_after_cap))
-        self._meters = tuple(meters)  # replaced, never mutated: rows may be iterating it
+        self.budget = None if config.budget_usd is None else self._budget_meter(config.budget_usd)
+        self._meters = run_meters(  # replaced, never mutated: rows may be iterating it
+            config,
+            clock=self.clock,
+            concurrency=self.concurrency,
+            gate=self.gate,
+            budget=self.budget,
+        )
         self._retrier = Retrier(policy, self.clock)
         self._reuse = Reuse(
             cache,
@@ -156,9 +144,7 @@ class Engine:
         goes on, unless the user paused it."""
         if self.budget is None:
             self.budget = self._budget_meter(usd, spent=self.stats.cost_usd)
-            pacing = [m for m in self._meters if isinstance(m, HeaderPacing)]
-            others = [m for m in self._meters if not isinstance(m, HeaderPacing)]
-            self._meters = (*others, self.budget, *pacing)
+            self._meters = with_budget(self._meters, self.budget)
         elif self.budget.raise_to(usd):
             self._emit(Resumed(t=self._now(), reason="budget"))
 
@@ -282,16 +268,14 @@ class Engine:
     # -- helpers -------------------------------------------------------------------------
 
     def _budget_meter(self, usd: float, *, spent: float = 0.0) -> BudgetMeter:
-        def reached() -> None:
-            self._emit(Paused(t=self._now(), reason="budget"))
-
+        pause = self.config.pause_at_budget
+        reached = self._budget_reached
         return BudgetMeter(
-            usd,
-            gate=self.gate,
-            pause_at_budget=self.config.pause_at_budget,
-            on_reached=reached,
-            spent=spent,
+            usd, gate=self.gate, pause_at_budget=pause, on_reached=reached, spent=spent
         )
+
+    def _budget_reached(self) -> None:
+        self._emit(Paused(t=self._now(), reason="budget"))
 
     def _abort(self, exc: CallError) -> None:
         """A reply no other row can do better than (bad key, no quota, unknown model)."""
