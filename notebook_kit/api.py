@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import frame as frames, history
 from .cache import Cache
+from .config import RunConfig
 from .errors import ConfigError, RunError
 from .job import Job
 from .kernel import cell_id, controls_live_while_awaiting, display_in_cell, in_notebook
@@ -172,9 +173,9 @@ def estimate(
     (default: half of max_tokens, or 150). Rows the cache already holds cost nothing.
     """
     settled = checked(options, entry="estimate")
-    plan = frames.plan(data, prompt, **inputs(settled))
     provider, _ = chosen_provider(settled)
     config = run_config(settled, provider)
+    plan = frames.plan(data, prompt, **inputs(settled), schema_fields=_fields(config))
     return estimate_run(
         plan,
         provider,
@@ -239,11 +240,11 @@ def _job(
 ) -> Job:
     """A job from a call's options, the session defaults filling the gaps (a snapshot)."""
     options = checked(kwargs, entry=entry)
-    plan = frames.plan(data, prompt, **inputs(options))
     provider, is_fallback = chosen_provider(options)
+    config = run_config(options, provider, pause_at_budget=pause_at_budget)
+    plan = frames.plan(data, prompt, **inputs(options), schema_fields=_fields(config))
     if is_fallback:
         print(DEMO_NOTICE)
-    config = run_config(options, provider, pause_at_budget=pause_at_budget)
     return Job(
         plan,
         provider,
@@ -251,6 +252,10 @@ def _job(
         cache=chosen_cache(options.get("cache")),
         progress=options.get("progress") is not False,
     )
+
+
+def _fields(config: RunConfig) -> list[str]:
+    return config.schema.fields if config.schema is not None else []
 
 
 def _attach_display(

@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenacity import RetryCallState
 
 from .errors import ConfigError
 from .pricing import price_of
+
+if TYPE_CHECKING:
+    from .structured import Schema
 
 Wait = Callable[[RetryCallState], float]  # a tenacity wait strategy, e.g. wait_exponential()
 
@@ -100,6 +103,7 @@ class RunConfig:
     params: dict[str, Any] = field(default_factory=dict)  # passed to the model as is
     budget_usd: float | None = None  # spend at most this much (needs max_tokens and a price)
     pause_at_budget: bool = False  # a background job pauses at the budget; a run stops
+    schema: Schema | None = None  # replies must be JSON that fits it (schema=)
 
     def __post_init__(self) -> None:
         number("timeout", self.timeout, above=0)
@@ -120,6 +124,7 @@ class RunConfig:
             "retry": self.retry.describe(),
             "timeout": self.timeout,
             "budget_usd": self.budget_usd,
+            "schema": None if self.schema is None else self.schema.name,
         }
 
     @classmethod

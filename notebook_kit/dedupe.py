@@ -48,6 +48,9 @@ class Reuse:
             followers.append(request.key)
             return None
         hit = self._cached(print_)
+        if hit is not None and request.schema is not None:  # only valid replies are stored
+            parsed, problem = request.schema.parse(hit.text)
+            hit = None if problem else dataclasses.replace(hit, parsed=parsed)
         if hit is not None:
             self._finish(reused(request.key, hit), "cache")
             return None
@@ -101,11 +104,12 @@ class Reuse:
     def _key(self, request: Request) -> str:
         """The cache's fingerprint; without a cache, a key good within this run only (the
         rows of one plan build equal requests alike), 4x cheaper than hashing JSON."""
+        params = request.params
+        if request.schema is not None:  # the same prompt under another schema is another request
+            params = {**params, "schema": request.schema.fingerprint}
         if self._cache is None:
-            return repr((request.model, request.messages, request.params))
-        return fingerprint(
-            self._provider, self._base_url, request.model, request.messages, request.params
-        )
+            return repr((request.model, request.messages, params))
+        return fingerprint(self._provider, self._base_url, request.model, request.messages, params)
 
     def _cached(self, print_: str) -> Completion | None:
         """The cache's reply, or None; a cache that cannot be read is not worth a failed run."""
@@ -134,6 +138,7 @@ def reused(key: int, completion: Completion) -> RowResult:
         request_id=completion.request_id,
         model=completion.model,
         cached=True,
+        parsed=completion.parsed,
     )
 
 

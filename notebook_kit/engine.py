@@ -196,7 +196,11 @@ class Engine:
                 break
             if item.model is None:  # the model menu applies to rows not dispatched yet
                 item = Request(
-                    key=item.key, messages=item.messages, model=self.model, params=item.params
+                    key=item.key,
+                    messages=item.messages,
+                    model=self.model,
+                    params=item.params,
+                    schema=item.schema,
                 )
             print_ = self._reuse.lead(item)
             if print_ is None:
@@ -257,10 +261,15 @@ class Engine:
             for meter in self._meters[1:] if row.held else self._meters:
                 row.held.append((meter, await meter.acquire(row.request)))
             try:
-                return await self._attempts.send(row)
+                completion = await self._attempts.send(row)
             except CallError:
                 if row.wait is None:
                     raise
+            else:
+                valid = row.checked(completion)  # under schema=: valid, or a re-ask
+                if valid is not None:
+                    return valid
+                continue
             if self._stopping.is_set():
                 raise _Stopped
             await self.clock.sleep(row.wait)

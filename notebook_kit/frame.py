@@ -12,14 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from . import cells
 from .errors import ConfigError
-from .types import ErrorType, Request, RowResult, RowStatus
+from .types import ErrorType, OutputSchema, Request, RowResult, RowStatus
+
+if TYPE_CHECKING:
+    from .structured import Schema
 
 STATUS_COLUMNS = (
     "status",
@@ -44,7 +47,16 @@ _DTYPES = {
     "cached": "boolean",
 }
 META_KEY = "notebook_kit"
-INPUT_KEYS = ("template", "messages_col", "system", "system_col", "model_col", "output_col")
+INPUT_KEYS = (
+    "template",
+    "messages_col",
+    "system",
+    "system_col",
+    "model_col",
+    "output_col",
+    "prefix",
+)
+PARSED = "parsed"  # the column of validated values, under schema=
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,17 +71,22 @@ class Plan:
     system: str | None = None
     system_col: str | None = None
     model_col: str | None = None
+    prefix: str = ""
+    fields: tuple[str, ...] = ()  # the columns of a schema's fields (prefixed)
 
     @property
     def added_columns(self) -> list[str]:
-        return [self.output_col, *STATUS_COLUMNS]
+        typed = [*self.fields, PARSED] if self.fields else []
+        return [self.output_col, *typed, *STATUS_COLUMNS]
 
     def describe(self) -> dict[str, Any]:
         """The input settings, for the result's attrs (and for `retry_failed`)."""
         keys = ("prompt", *INPUT_KEYS)
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in keys if getattr(self, k) not in (None, "")}
 
-    def requests(self, params: dict[str, Any]) -> Iterator[Request | RowResult]:
+    def requests(
+        self, params: dict[str, Any], schema: OutputSchema | None = None
+    ) -> Iterator[Request | RowResult]:
         """One item per row, lazily: a request, or a final result for rows that cannot run."""
         frame = self.frame
         systems = frame[self.system_col].tolist() if self.system_col else None
@@ -89,7 +106,7 @@ class Plan:
                 yield cells.row_fault(key, ErrorType.INVALID_INPUT, problem)
                 continue
             model = cells.text_or_none(models[key]) if models is not None else None
-            yield Request(key=key, messages=messages, model=model, params=params)
+            yield Request(key=key, messages=messages, model=model, params=params, schema=schema)
 
     def _contents(self) -> Iterator[str | list[dict[str, Any]] | RowResult]:
         frame = self.frame
@@ -123,6 +140,8 @@ def plan(
     model_col: str | None = None,
     output_col: str = "response",
     limit: int | None = None,
+    prefix: str = "",
+    schema_fields: Sequence[str] = (),
 ) -> Plan:
     """Check the input and settle how rows become requests. Raises `ConfigError`."""
     if isinstance(data, pd.Series):
@@ -144,6 +163,13 @@ def plan(
         if limit < 0:
             raise ConfigError(f"limit must be >= 0, got {limit}")
         data = data.iloc[:limit]
+    fields = tuple(prefix + name for name in schema_fields)
+    taken = [f for f in fields if f in (output_col, PARSED, *STATUS_COLUMNS)]
+    if taken:
+        raise ConfigError(
+            f"the schema's field(s) {taken} would be named like a column the kit adds; "
+            "prefix them with prefix='...'"
+        )
     if output_col in STATUS_COLUMNS:
         raise ConfigError(
             f"output_col={output_col!r} is one of the kit's own columns {list(STATUS_COLUMNS)}; "
@@ -155,11 +181,13 @@ def plan(
         named += cells.template_fields(template)
     for column in named:
         _require_column(frame, column)
-    clash = [c for c in (output_col, *STATUS_COLUMNS) if c in frame.columns]
+    added = (output_col, *fields, *([PARSED] if fields else []), *STATUS_COLUMNS)
+    clash = [c for c in added if c in frame.columns]
     if clash:
+        way = " or prefix='...' for the schema's fields" if set(clash) & set(fields) else ""
         raise ConfigError(
             f"the frame already has column(s) {clash} that the kit adds; rename them "
-            "(df.rename(columns={...})) or choose another output_col=..."
+            f"(df.rename(columns={{...}})) or choose another output_col=...{way}"
         )
     return Plan(
         frame=frame,
@@ -170,6 +198,8 @@ def plan(
         system=system,
         system_col=system_col,
         model_col=model_col,
+        prefix=prefix,
+        fields=fields,
     )
 
 
@@ -191,10 +221,17 @@ def build(
     *,
     unfinished: RowStatus = RowStatus.CANCELLED,
     reason: str | None = None,
+    schema: Schema | None = None,
 ) -> pd.DataFrame:
-    """The input frame plus the output and status columns, rows in input order."""
+    """The input frame plus the output, typed field and status columns, rows in input order."""
     columns = result_columns(len(plan.frame), results, unfinished=unfinished, reason=reason)
     columns[plan.output_col] = columns.pop("text")
+    if plan.fields and schema is not None:
+        parsed = [None] * len(plan.frame)
+        for key, result in results.items():
+            parsed[key] = result.parsed
+        columns[PARSED] = pd.array(parsed, dtype=object)
+        columns.update(schema.columns(parsed, plan.prefix))
     added = {name: columns[name] for name in plan.added_columns}
     return plan.frame.assign(**added)
 

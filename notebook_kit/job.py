@@ -99,7 +99,8 @@ class Job:
         if self.result is not None:
             return self.result
         results = self.engine.results if self.engine else {}
-        return frames.build(self.plan, dict(results), unfinished=RowStatus.PENDING)
+        schema = self.config.schema
+        return frames.build(self.plan, dict(results), unfinished=RowStatus.PENDING, schema=schema)
 
     @property
     def running(self) -> bool:
@@ -198,7 +199,7 @@ class Job:
                 self._pending.popleft()(engine)
         async with self.display or contextlib.nullcontext():
             try:
-                await engine.run(self.plan.requests(self.config.params))
+                await engine.run(self.plan.requests(self.config.params, self.config.schema))
             except BaseException as exc:  # interrupted, a run error, or a bug: keep what is done
                 result = self._finish(engine, started)
                 if not isinstance(exc, asyncio.CancelledError):
@@ -209,7 +210,8 @@ class Job:
             return self._finish(engine, started)
 
     def _finish(self, engine: Engine, started: float) -> pd.DataFrame:
-        result = frames.build(self.plan, engine.results, reason=engine.stop_reason)
+        schema = self.config.schema
+        result = frames.build(self.plan, engine.results, reason=engine.stop_reason, schema=schema)
         result.attrs[frames.META_KEY] = self._metadata(engine, result, started)
         self.result = result
         history.remember(history.RunRecord(self.report, self.provider, self.config), result)

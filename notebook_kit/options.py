@@ -59,6 +59,10 @@ class RunOptions(TypedDict, total=False):
     budget_usd: float | None  # spend at most this much (needs max_tokens and a price)
     # display
     progress: bool | None  # the panel in Jupyter, a text bar in a terminal
+    # structured output
+    schema: type | None  # a pydantic model (or dataclass, TypedDict): typed columns out
+    schema_retries: int | None  # re-asks after a reply that does not fit (default 2)
+    prefix: str | None  # prefixes the schema's field columns
     # the model's parameters
     params: dict[str, Any] | None  # sent to the model as is
     max_tokens: int | None
@@ -68,7 +72,16 @@ class RunOptions(TypedDict, total=False):
     stop: str | list[str] | None
 
 
-INPUTS = ("template", "system", "messages_col", "system_col", "model_col", "output_col", "limit")
+INPUTS = (
+    "template",
+    "system",
+    "messages_col",
+    "system_col",
+    "model_col",
+    "output_col",
+    "limit",
+    "prefix",
+)
 MODEL_PARAMS = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop"})
 # options of one entry point only: an error elsewhere, never a model parameter
 ENTRY_OPTIONS = frozenset(
@@ -129,6 +142,9 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     "budget_usd": lambda name, value: number(name, value),
     "progress": _flag,
     "params": _kind(Mapping),
+    "schema": _kind(type),
+    "schema_retries": lambda name, value: whole(name, value, minimum=0),
+    "prefix": _kind(str),
     "max_tokens": lambda name, value: whole(name, value, minimum=1),
     "temperature": lambda name, value: number(name, value),
     "top_p": lambda name, value: number(name, value),
@@ -232,6 +248,14 @@ def run_config(
     max_attempts = options.get("max_attempts")
     if max_attempts is not None:
         retry = dataclasses.replace(retry, max_attempts=max_attempts)
+    schema, retries = base.schema, options.get("schema_retries")
+    target = options.get("schema")
+    if target is None and schema is not None and retries is not None:
+        target = schema.target  # the same schema, with other re-asks
+    if target is not None:
+        from .structured import Schema
+
+        schema = Schema(target, retries=2 if retries is None else retries)
     config = RunConfig(
         model=options.get("model") or base.model,
         limits=dataclasses.replace(limits, **parts) if parts else limits,
@@ -240,9 +264,12 @@ def run_config(
         params={**base.params, **(options.get("params") or {})},
         budget_usd=options.get("budget_usd", base.budget_usd),
         pause_at_budget=pause_at_budget,
+        schema=schema,
     )
     check_budget(config)
     provider.check_params(config.params)  # a name the installed SDK refuses fails every row
+    if config.schema is not None:
+        provider.check_schema(config.schema)
     return config
 
 

@@ -48,7 +48,6 @@ def rerun_job(
     kept = {k: meta[k] for k in ("prompt", *frames.INPUT_KEYS) if k in meta}
     if {"prompt", "template", "messages_col"} & given.keys():  # a new way to build prompts
         kept = {k: v for k, v in kept.items() if k not in ("prompt", "template", "messages_col")}
-    plan = frames.plan(rows, **(kept | given))
     record = history.lookup(meta.get("run_id"))
     if record is not None and not {"provider", "base_url", "api_key"} & options.keys():
         provider, base = record.provider, record.config
@@ -59,11 +58,19 @@ def rerun_job(
             api_key=options.get("api_key"),
         )
         base = RunConfig.from_meta(meta, default_model=provider.default_model)
+    config = run_config(options, provider, base=base)
+    if meta.get("schema") and config.schema is None:
+        raise ConfigError(
+            f"this frame was made with schema={meta['schema']}, which its attrs cannot carry "
+            f"out of the process that made it: pass schema={meta['schema']} again"
+        )
+    fields = config.schema.fields if config.schema is not None else []
+    plan = frames.plan(rows, **(kept | given), schema_fields=fields)
     original_cache = meta.get("cache") or False  # the file the run used, or False: it had none
     return Job(
         plan,
         provider,
-        run_config(options, provider, base=base),
+        config,
         cache=chosen_cache(options.get("cache", original_cache)),
         progress=options.get("progress") is not False,
     )

@@ -48,6 +48,7 @@ class RowTries:
     sent: int = 0  # requests sent (the `attempts` column)
     failed: int = 0  # failures that count against max_attempts (429s do not)
     rate_limited_since: float | None = None  # clock time of the row's first 429
+    reasks: int = 0  # replies that did not fit the schema, asked again (apart from failures)
 
 
 class Retrier:

@@ -22,6 +22,8 @@ class Row:
     latency: float | None = None  # seconds the last request took
     wait: float | None = None  # the retrier's wait after the last failure (None: final)
     cost: float | None = None  # what the last reply was billed
+    last_text: str | None = None  # under schema=: the last reply that did not fit
+    finish: str | None = None  # and how it ended
 
     def release(self, outcome: AttemptOutcome) -> None:
         """Give back every meter held, last acquired first."""
@@ -42,16 +44,44 @@ class Row:
             finish_reason=completion.finish_reason,
             request_id=completion.request_id,
             model=completion.model,
+            parsed=completion.parsed,
         )
+
+    def checked(self, completion: Completion) -> Completion | None:
+        """Under schema=: the completion with its validated value; None when the reply did
+        not fit and the row's request became a re-ask (the errors put back to the model).
+        Raises `CallError` for a refusal, a reply cut at max_tokens, or no re-ask left."""
+        schema = self.request.schema
+        if schema is None:
+            return completion
+        text = completion.text
+        if completion.finish_reason == "refusal":
+            self.last_text, self.finish = text, "refusal"
+            raise CallError(ErrorType.REFUSAL, f"the model refused: {' '.join(text.split())[:200]}")
+        parsed, problem = schema.parse(text)
+        if problem is None:
+            return dataclasses.replace(completion, parsed=parsed)
+        self.last_text, self.finish = text, completion.finish_reason
+        cut = completion.finish_reason == "length"
+        if cut or self.tries.reasks >= schema.retries:
+            note = " (the reply was cut at max_tokens: raise it)" if cut else ""
+            raise CallError(
+                ErrorType.INVALID_OUTPUT, f"the reply does not fit the schema: {problem}{note}"
+            )
+        self.tries.reasks += 1
+        self.request = schema.reask(self.request, text, problem)
+        return None
 
     def failed(self, error: CallError, note: str = "") -> RowResult:
         return RowResult(
             key=self.request.key,
             status=RowStatus.ERROR,
+            text=self.last_text,
             error=str(error) + note,
             error_type=error.error_type,
             attempts=self.tries.sent,
             latency_s=self.latency,
+            finish_reason=self.finish,
             request_id=error.request_id,
         )
 

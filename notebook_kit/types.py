@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 MESSAGE_OVERHEAD = 8  # tokens a message's role and separators may take, at most
 REQUEST_OVERHEAD = 16  # tokens a request's framing may take, at most
@@ -33,9 +33,27 @@ class ErrorType(StrEnum):
     NOT_FOUND = "not_found"  # 404: unknown model or wrong base_url
     BAD_REQUEST = "bad_request"  # 400/422: the server refused this row's request
     CONTENT_FILTER = "content_filter"  # the provider's safety system refused the prompt
+    INVALID_OUTPUT = "invalid_output"  # the reply never fit the schema (re-asks included)
+    REFUSAL = "refusal"  # under schema=, the model refused to answer
     INVALID_INPUT = "invalid_input"  # the row cannot be sent (e.g. text that is not valid UTF-8)
     CANCELLED = "cancelled"  # the row was cancelled before it finished
     UNEXPECTED = "unexpected"  # an error the kit does not know; the message says which
+
+
+class OutputSchema(Protocol):
+    """What the engine and the providers need of `structured.Schema` (schema=)."""
+
+    name: str
+    fingerprint: str  # part of the cache key
+    retries: int  # re-asks after a reply that does not fit
+    json_schema: dict[str, Any]
+    adapter: Any  # the pydantic TypeAdapter of the user's type
+
+    def __hash__(self) -> int: ...  # providers cache what they build from it
+
+    def parse(self, text: str) -> tuple[Any, str | None]: ...
+
+    def reask(self, request: Request, text: str, problem: str) -> Request: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +68,7 @@ class Request:
     messages: list[dict[str, Any]]
     model: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    schema: OutputSchema | None = None  # the reply must be JSON that fits it
 
     def estimated_tokens(self) -> int:
         """Rough input-token estimate (about 4 characters per token) for rate limiting."""
@@ -90,6 +109,7 @@ class Completion:
     finish_reason: str | None = None
     request_id: str | None = None
     rate: RateInfo | None = None
+    parsed: Any = None  # the validated value, under schema=
 
 
 @dataclass(slots=True, kw_only=True)
@@ -110,3 +130,4 @@ class RowResult:
     request_id: str | None = None
     model: str | None = None
     cached: bool = False  # served by the cache or by another row's identical call
+    parsed: Any = None  # the validated value, under schema=

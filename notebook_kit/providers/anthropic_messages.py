@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from typing import Any
 from ..clock import Clock
 from ..errors import MissingKeyError
 from ..secrets import MASK, Redactor, Secret, check_base_url, read_key
-from ..types import Completion, RateInfo, Request
+from ..types import Completion, OutputSchema, RateInfo, Request
 from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, check_sdk_params, rate_info
 from .replies import invalid, label, reply_json, text_of, usage_of
 
@@ -90,12 +91,22 @@ class _AnthropicSession(SDKSession):
         params = dict(request.params)
         if system:
             params["system"] = system
+        if request.schema is not None:
+            params["output_config"] = {"format": output_format(request.schema)}
         raw = await self._client.messages.with_raw_response.create(
             model=request.model, messages=messages, **params
         )
         request_id = label(raw.headers.get("request-id"))
         body = reply_json(await raw.read(), request_id, self._redact)
         return _completion(body, request, request_id, rate_info(raw.headers))
+
+
+@functools.cache
+def output_format(schema: OutputSchema) -> dict[str, Any]:
+    """A json_schema output format, adapted by the SDK's own `transform_schema`."""
+    import anthropic
+
+    return {"type": "json_schema", "schema": anthropic.transform_schema(schema.json_schema)}
 
 
 def _completion(

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 from ..clock import Clock
 from ..errors import CallError, ConfigError
 from ..secrets import Redactor
-from ..types import Completion, ErrorType, RateInfo, Request
+from ..types import Completion, ErrorType, OutputSchema, RateInfo, Request
 from .status import status_error
 
 SDK_TIMEOUT_SLACK = 30.0  # the SDK's own timeout is only a backstop behind the kit's deadline
@@ -59,6 +59,11 @@ class Provider(ABC):
     def defaults(self) -> dict[str, Any]:
         """Model parameters the provider needs when the user gives none."""
         return {}
+
+    def check_schema(self, schema: OutputSchema) -> None:
+        """Raise `ConfigError` for a schema this provider cannot send (checked before
+        anything is sent). This default takes any schema."""
+        return None
 
     def check_params(self, params: Mapping[str, Any]) -> None:
         """Raise `ConfigError` for a model parameter this provider cannot send (checked

@@ -14,6 +14,7 @@ from typing import Any
 from ..clock import Clock
 from ..errors import CallError
 from ..types import Completion, ErrorType, Request
+from . import demo_json
 from .base import Provider
 
 POSITIVE = frozenset(
@@ -52,9 +53,10 @@ class DemoProvider(Provider):
         rate_limit_rate: float = 0.0,
         retry_after: float | None = 1.0,
         rpm: float | None = None,
+        invalid_output_rate: float = 0.0,
         seed: int = 0,
     ) -> None:
-        for rate in (error_rate, timeout_rate, rate_limit_rate):
+        for rate in (error_rate, timeout_rate, rate_limit_rate, invalid_output_rate):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"fault rates are probabilities in [0, 1], got {rate}")
         self.default_model = "demo"
@@ -65,6 +67,7 @@ class DemoProvider(Provider):
         self.rate_limit_rate = rate_limit_rate
         self.retry_after = retry_after
         self.rpm = rpm
+        self.invalid_output_rate = invalid_output_rate
         self._rng = random.Random(seed)
         self._recent: deque[float] = deque()  # start times inside the last second
 
@@ -82,6 +85,7 @@ class DemoProvider(Provider):
             "timeout_rate": self.timeout_rate,
             "rate_limit_rate": self.rate_limit_rate,
             "rpm": self.rpm,
+            "invalid_output_rate": self.invalid_output_rate,
         }
 
     @asynccontextmanager
@@ -140,6 +144,10 @@ class _DemoSession:
         await sleep(delay)
         if draw < model.error_rate:
             raise CallError(ErrorType.SERVER, "HTTP 500: simulated server error", status=500)
+        if request.schema is not None:
+            return structured_reply(
+                request, spoiled=model._rng.random() < model.invalid_output_rate
+            )
         return reply(request)
 
 
@@ -162,6 +170,27 @@ def reply(request: Request) -> Completion:
         output_tokens=len(words),
         finish_reason=finish,
         request_id=f"demo-{digest}",
+    )
+
+
+def structured_reply(request: Request, *, spoiled: bool) -> Completion:
+    """A JSON object for schema=, about the row's own prompt (a re-ask's last message is the
+    kit's, not the row's); `spoiled`: one that does not fit."""
+    assert request.schema is not None
+    prompt = next(
+        (str(m.get("content", "")) for m in request.messages if m.get("role") == "user"), ""
+    )
+    schema = request.schema.json_schema
+    value = demo_json.answer(prompt, schema)
+    text = demo_json.as_text(demo_json.spoil(value, schema) if spoiled else value)
+    chars = sum(len(str(m.get("content", ""))) for m in request.messages)
+    return Completion(
+        text=text,
+        model=request.model,
+        input_tokens=max(1, chars // 4),
+        output_tokens=max(1, len(text) // 4),
+        finish_reason="stop",
+        request_id="demo-" + hashlib.sha1(text.encode()).hexdigest()[:12],
     )
 
 

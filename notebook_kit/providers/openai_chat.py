@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from ..clock import Clock
-from ..errors import CallError, MissingKeyError
+from ..errors import CallError, ConfigError, MissingKeyError
 from ..secrets import MASK, Redactor, Secret, check_base_url, read_key
-from ..types import Completion, ErrorType, RateInfo, Request
+from ..types import Completion, ErrorType, OutputSchema, RateInfo, Request
 from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, check_sdk_params, rate_info
 from .replies import invalid, label, reply_json, text_of, usage_of
 
@@ -56,6 +58,9 @@ class OpenAIProvider(Provider):
 
         check_sdk_params(params, AsyncCompletions.create, "openai")
 
+    def check_schema(self, schema: OutputSchema) -> None:
+        response_format(schema)  # raises ConfigError for what strict mode cannot take
+
     @asynccontextmanager
     async def session(self, *, timeout: float, clock: Clock) -> AsyncIterator[_OpenAISession]:
         import openai
@@ -75,12 +80,28 @@ class OpenAIProvider(Provider):
 
 class _OpenAISession(SDKSession):
     async def _call(self, request: Request) -> Completion:
+        params = request.params
+        if request.schema is not None:
+            params = {**params, "response_format": response_format(request.schema)}
         raw = await self._client.chat.completions.with_raw_response.create(
-            model=request.model, messages=request.messages, **request.params
+            model=request.model, messages=request.messages, **params
         )
         request_id = label(raw.headers.get("x-request-id"))
         body = reply_json(raw.content, request_id, self._redact)
         return _completion(body, request, request_id, rate_info(raw.headers))
+
+
+@functools.cache
+def response_format(schema: OutputSchema) -> dict[str, Any]:
+    """`json_schema` in strict mode, as the SDK's own `parse()` builds it."""
+    from openai.lib._pydantic import to_strict_json_schema
+
+    try:
+        strict = to_strict_json_schema(schema.adapter)
+    except Exception as exc:
+        raise ConfigError(f"schema={schema.name} cannot be sent to OpenAI: {exc}") from None
+    name = re.sub(r"[^a-zA-Z0-9_-]", "_", schema.name)[:64] or "output"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": strict, "strict": True}}
 
 
 def _completion(
