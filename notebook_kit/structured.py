@@ -104,8 +104,8 @@ def _typed(values: list[Any], hint: Any) -> Any:
     dtype = {str: "string", int: "Int64", float: "Float64", bool: "boolean"}.get(hint)
     if dtype is not None:
         return pd.array(values, dtype=dtype)  # type: ignore[call-overload]
-    if hint in (datetime.datetime, datetime.date):
-        return pd.to_datetime(pd.Series(values, dtype=object)).array
+    if hint in (datetime.datetime, datetime.date):  # in UTC: one dtype whatever the rows hold
+        return pd.to_datetime(pd.Series(values, dtype=object), utc=True).array
     return pd.array(values, dtype=object)  # nested models, lists, dicts: Python objects
 
 

@@ -59,7 +59,8 @@ def _value(prompt: str, schema: dict[str, Any], defs: dict[str, Any], path: str)
         high = schema.get("maximum", schema.get("exclusiveMaximum", low + 9))
         number = low + _draw(prompt, path) % max(1, int(high - low) + 1)
         return int(number) if kind == "integer" else float(number)
-    return _words(prompt, schema.get("maxLength"))
+    formats = {"date-time": "2026-01-01T09:00:00Z", "date": "2026-01-01", "email": "a@example.org"}
+    return formats.get(str(schema.get("format"))) or _words(prompt, schema.get("maxLength"))
 
 
 def _choice(prompt: str, choices: list[Any], path: str) -> Any:

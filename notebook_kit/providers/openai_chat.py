@@ -100,8 +100,39 @@ def response_format(schema: OutputSchema) -> dict[str, Any]:
         strict = to_strict_json_schema(schema.adapter)
     except Exception as exc:
         raise ConfigError(f"schema={schema.name} cannot be sent to OpenAI: {exc}") from None
+    free = _free_keys(strict, "")
+    if free:
+        raise ConfigError(
+            f"schema={schema.name} cannot be sent to OpenAI: field {free!r} is a mapping with "
+            "free keys, which strict mode does not take (give it a model with named fields)"
+        )
     name = re.sub(r"[^a-zA-Z0-9_-]", "_", schema.name)[:64] or "output"
     return {"type": "json_schema", "json_schema": {"name": name, "schema": strict, "strict": True}}
+
+
+def _free_keys(schema: Any, path: str) -> str | None:
+    """The first field whose object allows keys it does not name, or None."""
+    if isinstance(schema, dict):
+        extra = schema.get("additionalProperties")
+        if schema.get("type") == "object" and extra not in (None, False):
+            return path or "(the top level)"
+        for key, value in schema.items():
+            inner = path if key in ("properties", "$defs", "anyOf", "items") else key
+            if key == "properties" and isinstance(value, dict):
+                for name, sub in value.items():
+                    found = _free_keys(sub, f"{path}.{name}".strip("."))
+                    if found:
+                        return found
+            elif isinstance(value, dict | list):
+                found = _free_keys(value, inner if key != "properties" else path)
+                if found:
+                    return found
+    elif isinstance(schema, list):
+        for item in schema:
+            found = _free_keys(item, path)
+            if found:
+                return found
+    return None
 
 
 def _completion(

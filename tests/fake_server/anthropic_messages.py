@@ -21,6 +21,7 @@ STOP_REASONS: dict[Finish, str] = {
     "stop": "end_turn",
     "length": "max_tokens",
     "content_filter": "refusal",
+    "refusal": "refusal",
 }
 
 

@@ -8,6 +8,7 @@ bodies, error bodies and rate-limit headers. The server does everything else
 
 from __future__ import annotations
 
+import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ class ChatRequest:
     input_tokens: int
     max_tokens: int | None
     api_key: str | None
+    schema: dict[str, Any] | None = None  # the JSON schema the reply must fit
+    last: str = ""  # the last user message (under a schema, `prompt` is the first: the row's)
 
     @classmethod
     def parse(cls, body: dict[str, Any], api_key: str | None) -> ChatRequest:
@@ -39,9 +42,12 @@ class ChatRequest:
         if "system" in body:
             systems.append(_text(body["system"]))
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        schema = _schema_of(body)
         return cls(
             model=str(body.get("model", "")),
-            prompt=prompts[-1] if prompts else "",
+            prompt=(prompts[0] if schema is not None else prompts[-1]) if prompts else "",
+            schema=schema,
+            last=prompts[-1] if prompts else "",
             system="\n\n".join(systems),
             input_tokens=max(1, sum(map(len, texts)) // 4),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
@@ -58,8 +64,17 @@ class Reply:
     finish: Finish
 
     @classmethod
-    def to(cls, chat: ChatRequest, directive: Directive | None) -> Reply:
+    def to(cls, chat: ChatRequest, directive: Directive | None, attempt: int = 1) -> Reply:
         """The reply to `chat`, as far as its directive and max_tokens allow."""
+        if chat.schema is not None:
+            output = directive.output_for(attempt) if directive is not None else None
+            if output == "refusal":
+                return cls("I can't help with that request.", 7, "refusal")
+            value = {} if output == "invalid_json" else fitting(chat.schema, chat.schema)
+            text = json.dumps(value)
+            if directive is not None and directive.finish == "length":  # cut mid-object
+                return cls(text[: len(text) // 2], max(1, len(text) // 8), "length")
+            return cls(text, max(1, len(text) // 4), "stop")
         words = f"Reply to: {DIRECTIVE.sub('', chat.prompt).strip()[:60]}".split()
         tokens = len(words)
         finish: Finish = "stop"
@@ -70,6 +85,42 @@ class Reply:
             tokens, finish = chat.max_tokens, "length"
         words = (words + ["more"] * tokens)[:tokens]
         return cls(" ".join(words), tokens, finish)
+
+
+def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a request asks the reply to fit: OpenAI's response_format or
+    Anthropic's output_config format."""
+    formats = [body.get("response_format"), (body.get("output_config") or {}).get("format")]
+    for spec in formats:
+        if not isinstance(spec, dict) or spec.get("type") != "json_schema":
+            continue
+        schema = (spec.get("json_schema") or {}).get("schema", spec.get("schema"))
+        if isinstance(schema, dict):
+            return schema
+    return None
+
+
+def fitting(schema: dict[str, Any], root: dict[str, Any]) -> Any:
+    """The plainest value that fits `schema`: first enum choice, lowest number, "text"."""
+    if "$ref" in schema:
+        name = str(schema["$ref"]).rsplit("/", 1)[-1]
+        return fitting(root.get("$defs", {}).get(name, {}), root)
+    if "anyOf" in schema:
+        options = [s for s in schema["anyOf"] if s.get("type") != "null"]
+        return fitting(options[0], root) if options else None
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        return {k: fitting(s, root) for k, s in schema.get("properties", {}).items()}
+    if kind == "array":
+        return []
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 1)
+    if kind == "boolean":
+        return False
+    formats = {"date-time": "2026-01-01T00:00:00Z", "date": "2026-01-01"}
+    return formats.get(str(schema.get("format")), "text")
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ class Core:
             stats.attempts_by_prompt[chat.prompt] = attempt
             stats.max_tokens_seen.append(chat.max_tokens)
             stats.systems_seen.append(chat.system)
+            stats.last_messages.append(chat.last)
             rejection = self._rejection(api, settings, chat, arrival)
             fault = self._pick_fault(settings, directive, attempt) if rejection is None else None
         if rejection is not None:
@@ -125,7 +126,7 @@ class Core:
             return web.Response()  # never sent: the connection is gone
         if error is not None:
             return self._error(api, rid, error)
-        return self._success(api, rid, settings, chat, directive, fault)
+        return self._success(api, rid, settings, chat, directive, fault, attempt)
 
     def _rejection(
         self, api: Api, settings: Settings, chat: ChatRequest, now: float
@@ -200,9 +201,10 @@ class Core:
         chat: ChatRequest,
         directive: Directive | None,
         fault: Fault | None,
+        attempt: int,
     ) -> web.Response:
         """A 200; `fault` may still spoil it: malformed, not_utf8 or error_200."""
-        reply = Reply.to(chat, directive)
+        reply = Reply.to(chat, directive, attempt)
         body = api.success_body(rid, chat, reply, usage=settings.usage)
         if settings.reply_patch is not None:
             body = merge_patch(body, settings.reply_patch)

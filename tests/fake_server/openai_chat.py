@@ -17,13 +17,17 @@ class OpenAIChat(Api):
     def success_body(
         self, rid: int, chat: ChatRequest, reply: Reply, *, usage: bool
     ) -> dict[str, Any]:
-        message = {"role": "assistant", "content": reply.text}
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+        finish = reply.finish
+        if finish == "refusal":  # OpenAI's refusal: no content, the reason apart, a plain stop
+            message = {"role": "assistant", "content": None, "refusal": reply.text}
+            finish = "stop"
         body: dict[str, Any] = {
             "id": f"chatcmpl-{rid}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": chat.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         }
         if usage:
             body["usage"] = {

@@ -7,7 +7,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-Finish = Literal["stop", "length", "content_filter"]
+Finish = Literal["stop", "length", "content_filter", "refusal"]
+Output = Literal["invalid_json", "refusal"]  # how a structured (schema) reply goes wrong
+OUTPUTS: tuple[Output, ...] = get_args(Output)
 NamedFault = Literal[
     "quota", "content_filter", "reset", "hang", "malformed", "not_utf8", "error_200"
 ]
@@ -84,6 +86,7 @@ class Directive:
     tokens: int | None = None
     retry_after_header: str | None = None  # sent verbatim as retry-after ("-5", "nan")
     retry_after_ms_header: str | None = None  # sent verbatim as retry-after-ms
+    output: Output | None = None  # a schema reply that does not fit, or a refusal
 
     @property
     def retry_headers(self) -> dict[str, str] | None:
@@ -105,6 +108,8 @@ class Directive:
                 fields["fault"] = 429
             elif not value and key in NAMED_FAULTS:
                 fields["fault"] = key
+            elif not value and key in OUTPUTS:
+                fields["output"] = key
             elif key == "status":
                 fields["fault"] = int(value)
             elif key in ("times", "tokens"):
@@ -118,6 +123,10 @@ class Directive:
             else:
                 raise ValueError(f"unknown directive {token!r}")
         return cls(**fields)
+
+    def output_for(self, attempt: int) -> Output | None:
+        """How the `attempt`-th structured reply of the prompt goes wrong, if it does."""
+        return self.output if self.times is None or attempt <= self.times else None
 
     def fault_for(self, attempt: int) -> Fault | None:
         """The fault for the prompt's `attempt`-th request (counting from 1)."""

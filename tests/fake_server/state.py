@@ -56,6 +56,7 @@ class Stats:
     latencies: list[float] = field(default_factory=list)
     max_tokens_seen: list[int | None] = field(default_factory=list)
     systems_seen: list[str] = field(default_factory=list)  # the system prompt, "" when none
+    last_messages: list[str] = field(default_factory=list)  # each request's last user message
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-compatible deep copy."""

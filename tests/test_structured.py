@@ -1,0 +1,162 @@
+"""Structured output (schema=): typed columns, re-asks, invalid rows kept as data.
+
+Over the wire against the fake server with both SDKs (it honours json_schema requests and
+spoils replies on demand), and offline on the demo model on virtual time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import Any, Literal
+
+import pandas as pd
+import pydantic
+import pytest
+from conftest import KEY, quick_retries
+from fake_server import FakeLLMServer
+
+import notebook_kit as kit
+
+APIS = ["openai", "anthropic"]
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Ticket(pydantic.BaseModel):
+    team: Literal["billing", "shipping", "technical", "other"]
+    priority: int = pydantic.Field(ge=1, le=5)
+    summary: str
+    urgent: bool
+    score: float
+    color: Color
+    when: datetime.datetime | None = None
+    tags: list[str]
+
+
+class Other(pydantic.BaseModel):
+    label: str
+
+
+async def run(server: FakeLLMServer, api: str, prompts: list[str], **options: Any) -> pd.DataFrame:
+    url = server.openai_base_url if api == "openai" else server.anthropic_base_url
+    options.setdefault("progress", False)
+    options.setdefault("cache", False)
+    quick_retries(options)
+    df = pd.DataFrame({"prompt": prompts})
+    return await kit.run_df(df, "prompt", provider=api, base_url=url, api_key=KEY, **options)
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_valid_replies_fill_typed_columns(server: FakeLLMServer, api: str) -> None:
+    result = await run(server, api, ["route a", "route b"], schema=Ticket)
+    assert (result["status"] == "ok").all() and result["attempts"].eq(1).all()
+    assert result["team"].tolist() == ["billing", "billing"]  # the server's plainest answer
+    dtypes = {name: str(result[name].dtype) for name in ("team", "priority", "summary")}
+    assert dtypes == {"team": "category", "priority": "Int64", "summary": "string"}
+    assert list(result["team"].cat.categories) == ["billing", "shipping", "technical", "other"]
+    assert str(result["urgent"].dtype) == "boolean" and str(result["score"].dtype) == "Float64"
+    assert list(result["color"].cat.categories) == ["red", "blue"]
+    assert str(result["when"].dtype).startswith("datetime64")
+    assert result["tags"].dtype == object and result["tags"].tolist() == [[], []]
+    assert all(isinstance(p, Ticket) for p in result["parsed"])
+    assert result["response"].str.startswith("{").all()  # the raw reply is kept
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_a_reply_that_does_not_fit_is_re_asked_with_the_error(
+    server: FakeLLMServer, api: str
+) -> None:
+    result = await run(server, api, ["[[invalid_json times=1]] route me"], schema=Ticket)
+    assert result.loc[0, "status"] == "ok" and result.loc[0, "attempts"] == 2
+    first, second = server.stats()["last_messages"]
+    assert first.startswith("[[invalid_json")  # the row's own prompt
+    assert "did not match the required JSON schema: team: Field required" in second
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_a_row_that_never_fits_is_data(server: FakeLLMServer, api: str) -> None:
+    result = await run(
+        server, api, ["[[invalid_json]] never", "fine"], schema=Ticket, schema_retries=1
+    )
+    bad = result.iloc[0].to_dict()
+    assert (bad["status"], bad["error_type"], bad["attempts"]) == ("error", "invalid_output", 2)
+    assert str(bad["error"]).startswith("the reply does not fit the schema: team: Field required")
+    assert bad["response"] == "{}" and pd.isna(bad["team"]) and pd.isna(bad["priority"])
+    assert result.loc[1, "status"] == "ok"
+    fixed = await kit.retry_failed(result, only=["invalid_output"], schema_retries=0)
+    assert fixed.loc[0, "error_type"] == "invalid_output" and fixed.loc[0, "attempts"] == 3
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_refusals_and_cut_replies_are_not_re_asked(server: FakeLLMServer, api: str) -> None:
+    result = await run(server, api, ["[[refusal]] no", "[[finish=length]] cut"], schema=Ticket)
+    assert result["attempts"].tolist() == [1, 1]
+    assert result["error_type"].tolist() == ["refusal", "invalid_output"]
+    errors = result["error"].tolist()
+    assert errors[0].startswith("the model refused: I can't help")
+    assert "cut at max_tokens" in errors[1]
+    assert result.loc[1, "finish_reason"] == "length"
+
+
+async def test_without_a_schema_a_refusal_stays_ok(server: FakeLLMServer) -> None:
+    result = await run(server, "openai", ["[[refusal]] no"])
+    assert result.loc[0, "status"] == "ok"  # no schema: the server's plain reply
+
+
+async def test_the_schema_is_part_of_the_cache_key(server: FakeLLMServer, tmp_path: Any) -> None:
+    path = tmp_path / "c.sqlite"
+    await run(server, "openai", ["a", "b"], schema=Ticket, cache=path)
+    await run(server, "openai", ["a", "b"], schema=Other, cache=path)
+    assert server.stats()["requests_total"] == 4
+    again = await run(server, "openai", ["a", "b"], schema=Ticket, cache=path)
+    assert server.stats()["requests_total"] == 4 and again["cached"].all()
+    assert again["team"].tolist() == ["billing", "billing"]  # validated again when served
+
+
+async def test_invalid_replies_are_never_cached(server: FakeLLMServer, tmp_path: Any) -> None:
+    path = tmp_path / "c.sqlite"
+    prompts = ["[[invalid_json times=2]] late"]
+    first = await run(server, "openai", prompts, schema=Ticket, cache=path, schema_retries=0)
+    assert first.loc[0, "error_type"] == "invalid_output"
+    second = await run(server, "openai", prompts, schema=Ticket, cache=path, schema_retries=0)
+    assert second.loc[0, "error_type"] == "invalid_output" and not second.loc[0, "cached"]
+
+
+def test_clashes_and_unsendable_schemas_are_refused_before_any_call() -> None:
+    df = pd.DataFrame({"prompt": ["a"], "team": ["x"]})
+    with pytest.raises(kit.ConfigError, match="prefix="):
+        kit.run_df_sync(df, "prompt", schema=Ticket, provider="demo")
+    result = kit.run_df_sync(df, "prompt", schema=Ticket, prefix="ai_", provider="demo")
+    assert {"team", "ai_team", "ai_priority"} <= set(result.columns)
+
+    class Status(pydantic.BaseModel):
+        status: str
+
+    with pytest.raises(kit.ConfigError, match="prefix="):
+        kit.run_df_sync(df, "prompt", schema=Status, provider="demo")
+
+    class Free(pydantic.BaseModel):
+        scores: dict[str, int]
+
+    with pytest.raises(kit.ConfigError, match="'scores' is a mapping with free keys"):
+        kit.estimate(df, "prompt", schema=Free, provider="openai", api_key="sk-test")
+    with pytest.raises(kit.ConfigError, match="schema= must describe an object"):
+        kit.estimate(df, "prompt", schema=int, provider="demo")
+
+
+@pytest.mark.looptime
+async def test_the_demo_model_answers_by_the_schema_and_can_be_re_asked() -> None:
+    demo = kit.DemoProvider(latency=0.2, invalid_output_rate=0.3, seed=2)
+    df = pd.DataFrame({"prompt": [f"A shipping problem number {i}" for i in range(40)]})
+    result = await kit.run_df(df, "prompt", schema=Ticket, provider=demo, progress=False)
+    ok = result["status"] == "ok"
+    assert ok.sum() >= 36 and (result["attempts"] > 1).sum() > 5  # most re-asks succeeded
+    assert result.loc[~ok, "attempts"].eq(3).all()  # the others had every re-ask
+    assert result.loc[~ok, "error_type"].eq("invalid_output").all()
+    result = result[ok]
+    assert (result["team"] == "shipping").all()  # the demo picks the choice the row names
+    assert result["priority"].between(1, 5).all()
