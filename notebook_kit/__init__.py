@@ -71,6 +71,9 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
         SessionDefaults as SessionDefaults,
         defaults as defaults,
     )
+    from .structured import (
+        expand as expand,
+    )
     from .timeline import (
         plot_timeline as plot_timeline,
     )
@@ -110,6 +113,7 @@ _HOMES = {
     "controls": "api",
     "defaults": "session",
     "estimate": "api",
+    "expand": "structured",
     "jobs": "registry",
     "last_job": "registry",
     "last_report": "api",

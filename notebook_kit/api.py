@@ -185,6 +185,7 @@ def estimate(
         latency=latency,
         output_tokens=output_tokens,
         cache=chosen_cache(settled.get("cache")),
+        schema=config.schema,
     )
 
 

@@ -104,12 +104,10 @@ class Reuse:
     def _key(self, request: Request) -> str:
         """The cache's fingerprint; without a cache, a key good within this run only (the
         rows of one plan build equal requests alike), 4x cheaper than hashing JSON."""
-        params = request.params
-        if request.schema is not None:  # the same prompt under another schema is another request
-            params = {**params, "schema": request.schema.fingerprint}
         if self._cache is None:
-            return repr((request.model, request.messages, params))
-        return fingerprint(self._provider, self._base_url, request.model, request.messages, params)
+            schema = request.schema.fingerprint if request.schema is not None else None
+            return repr((request.model, request.messages, request.params, schema))
+        return cache_key(self._provider, self._base_url, request)
 
     def _cached(self, print_: str) -> Completion | None:
         """The cache's reply, or None; a cache that cannot be read is not worth a failed run."""
@@ -122,6 +120,14 @@ class Reuse:
                 self._read_warned = True
                 log.warning("cache lookup failed, calling the model instead: %s", exc)
             return None
+
+
+def cache_key(provider: str, base_url: str | None, request: Request) -> str:
+    """A request's key in the cache: everything that shapes the reply, nothing secret."""
+    params = request.params
+    if request.schema is not None:  # the same prompt under another schema is another request
+        params = {**params, "schema": request.schema.fingerprint}
+    return fingerprint(provider, base_url, request.model, request.messages, params)
 
 
 def reused(key: int, completion: Completion) -> RowResult:

@@ -8,18 +8,21 @@ limits use. Output tokens cannot be known: the expected cost uses `output_tokens
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 
-from .cache import Cache, fingerprint
+from .cache import Cache
 from .config import Limits
+from .dedupe import cache_key
 from .frame import Plan
 from .pricing import price_of, prices_as_of
 from .providers.base import Provider
-from .types import Request
+from .types import OutputSchema, Request
 
 DEFAULT_OUTPUT_TOKENS = 150
 
@@ -48,19 +51,22 @@ def estimate_run(
     latency: float,
     output_tokens: int | None,
     cache: Cache | None,
+    schema: OutputSchema | None = None,
 ) -> pd.DataFrame:
     count, method = token_counter(model)
+    schema_tokens = count(json.dumps(schema.json_schema)) if schema is not None else 0
     base_url = provider.describe().get("base_url")
     sends: set[str] = set()
     rows = skipped = cached = duplicates = 0
     input_tokens = 0
-    for item in plan.requests(params):
+    for item in plan.requests(params, schema):
         rows += 1
         if not isinstance(item, Request):
             skipped += 1
             continue
-        row_model = item.model or model
-        key = fingerprint(provider.name, base_url, row_model, item.messages, item.params)
+        if item.model is None:
+            item = dataclasses.replace(item, model=model)
+        key = cache_key(provider.name, base_url, item)
         if key in sends:
             duplicates += 1
             continue
@@ -69,6 +75,7 @@ def estimate_run(
             continue
         sends.add(key)
         input_tokens += sum(count(str(m.get("content", ""))) + 4 for m in item.messages)
+        input_tokens += schema_tokens  # the schema is sent with every request
     requests = len(sends)
     max_tokens = params.get("max_tokens")
     expected_out = output_tokens or (max_tokens // 2 if isinstance(max_tokens, int) else None)

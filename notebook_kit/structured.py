@@ -116,3 +116,30 @@ def _without_none(hint: Any) -> Any:
         if len(rest) == 1:
             return rest[0]
     return hint
+
+
+def expand(result: pd.DataFrame, column: str) -> pd.DataFrame:
+    """`result` with an object column of nested values (models or dicts) spread one level
+    into `{column}_{key}` columns; rows without a value get NA there."""
+    if column not in result.columns:
+        raise ConfigError(f"no column {column!r} to expand")
+    rows = [_as_dict(value) for value in result[column].tolist()]
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    if not keys:
+        raise ConfigError(f"column {column!r} holds no models or dicts to expand")
+    added = {f"{column}_{key}": [row.get(key) for row in rows] for key in keys}
+    clash = [name for name in added if name in result.columns]
+    if clash:
+        raise ConfigError(f"expanding {column!r} would overwrite {clash}")
+    spread = pd.DataFrame(added, index=result.index).convert_dtypes()
+    expanded = pd.concat([result, spread], axis=1)
+    expanded.attrs = dict(result.attrs)
+    return expanded
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return dict(value) if isinstance(value, dict) else {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import json
 from typing import Any, Literal
 
 import pandas as pd
@@ -160,3 +161,34 @@ async def test_the_demo_model_answers_by_the_schema_and_can_be_re_asked() -> Non
     result = result[ok]
     assert (result["team"] == "shipping").all()  # the demo picks the choice the row names
     assert result["priority"].between(1, 5).all()
+
+
+class Address(pydantic.BaseModel):
+    city: str
+    zip: int
+
+
+class Customer(pydantic.BaseModel):
+    name: str
+    address: Address
+
+
+@pytest.mark.looptime
+async def test_expand_spreads_a_nested_model_one_level() -> None:
+    demo = kit.DemoProvider(latency=0.1)
+    df = pd.DataFrame({"prompt": ["Customer Ada in Lyon", "Customer Bo in Oslo"]})
+    result = await kit.run_df(df, "prompt", schema=Customer, provider=demo, progress=False)
+    assert result["address"].dtype == object and isinstance(result.loc[0, "address"], Address)
+    flat = kit.expand(result, "address")
+    assert {"address_city", "address_zip"} <= set(flat.columns)
+    assert str(flat["address_zip"].dtype) == "Int64" and flat.attrs == result.attrs
+    with pytest.raises(kit.ConfigError, match="would overwrite"):
+        kit.expand(flat, "address")
+
+
+def test_the_estimate_counts_the_schema_sent_with_every_request() -> None:
+    df = pd.DataFrame({"prompt": ["one", "two", "three"]})
+    plain = kit.estimate(df, "prompt", provider="demo", cache=False)
+    typed = kit.estimate(df, "prompt", provider="demo", cache=False, schema=Ticket)
+    extra = int(typed.loc["input tokens", "value"]) - int(plain.loc["input tokens", "value"])
+    assert extra == 3 * (len(json.dumps(Ticket.model_json_schema())) // 4)
