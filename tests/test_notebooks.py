@@ -59,11 +59,11 @@ def warnings(notebook: nbformat.NotebookNode) -> list[str]:
     ]
 
 
-LESSONS = sorted(p.name for p in NOTEBOOKS.glob("0[1-5]_*.ipynb"))
+LESSONS = sorted(p.name for p in NOTEBOOKS.glob("0*.ipynb") if not p.name.startswith("06"))
 
 
-def test_there_are_five_offline_lessons() -> None:
-    assert len(LESSONS) == 5
+def test_there_are_six_offline_lessons() -> None:
+    assert len(LESSONS) == 6  # lesson 6 needs keys: run twice below
 
 
 @pytest.mark.parametrize("name", LESSONS)
@@ -75,6 +75,8 @@ def test_lesson_runs_offline_top_to_bottom(name: str) -> None:
     assert "np.int64" not in shown and "np.float64" not in shown  # numbers read as numbers
     if name.startswith("01"):
         assert "attempts: {1: " in shown
+    if name.startswith("07"):  # routed, typed, some never fit, and retried
+        assert "ai_team" in shown and "status: {'ok': 60}" in shown
     if name.startswith("04"):  # the table of three ways: whole counts, seconds with a point
         table = next(part for part in shown.split("\n\n") if "429s" in part)
         rows = [line.split() for line in table.splitlines()[1:]]
