@@ -2,9 +2,10 @@
 
 Both contenders do the same per-row work a notebook cell would skip: none. The kit's
 figure is its own overhead per row (planning, scheduling, results, frame build); the
-bare gather shows what asyncio itself costs for one coroutine per row.
+bare gather shows what asyncio itself costs for one coroutine per row. `--schema` adds a
+third: the same run with schema= (the demo's JSON answer, validation, typed columns).
 
-    python benchmarks/engine_overhead.py --n 20000 --rounds 5
+    python benchmarks/engine_overhead.py --n 20000 --rounds 5 [--schema]
 """
 
 from __future__ import annotations
@@ -14,16 +15,25 @@ import asyncio
 import statistics
 import time
 
+from typing import Any, Literal
+
 import pandas as pd
+import pydantic
 
 import notebook_kit as kit
 
 
-def kit_round(df: pd.DataFrame) -> float:
+class Route(pydantic.BaseModel):
+    team: Literal["billing", "shipping", "technical", "account"]
+    priority: int = pydantic.Field(ge=1, le=5)
+    summary: str
+
+
+def kit_round(df: pd.DataFrame, **options: Any) -> float:
     provider = kit.DemoProvider(latency=0)
     start = time.process_time()
     result = kit.run_df_sync(
-        df, "prompt", provider=provider, concurrency=64, progress=False, cache=False
+        df, "prompt", provider=provider, concurrency=64, progress=False, cache=False, **options
     )
     cpu = time.process_time() - start
     assert (result["status"] == "ok").all()
@@ -53,18 +63,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--schema", action="store_true", help="also time schema=Route")
     args = parser.parse_args()
     df = pd.DataFrame({"prompt": [f"question {i}" for i in range(args.n)]})
     kit_round(df.head(100))  # warm up imports
-    kits, gathers = [], []
+    kits, gathers, typed = [], [], []
     for _ in range(args.rounds):
         kits.append(kit_round(df))
         gathers.append(gather_round(df))
+        if args.schema:
+            typed.append(kit_round(df, schema=Route))
     k, g = statistics.median(kits) * 1e6, statistics.median(gathers) * 1e6
     print(f"N={args.n}, {args.rounds} interleaved rounds, median CPU per row")
     print(f"notebook_kit run_df, demo model at zero latency: {k:6.1f} us/row")
     print(f"bare gather + Semaphore:                         {g:6.1f} us/row")
     print(f"kit minus bare gather:                           {k - g:6.1f} us/row")
+    if typed:
+        t = statistics.median(typed) * 1e6
+        print(f"notebook_kit run_df with schema= (3 fields):     {t:6.1f} us/row")
+        print(f"schema= minus plain run_df:                      {t - k:6.1f} us/row")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ spoils replies on demand), and offline on the demo model on virtual time.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import enum
 import json
@@ -16,6 +17,7 @@ import pydantic
 import pytest
 from conftest import KEY, quick_retries
 from fake_server import FakeLLMServer
+from typing_extensions import TypedDict
 
 import notebook_kit as kit
 
@@ -193,3 +195,35 @@ def test_the_estimate_counts_the_schema_sent_with_every_request() -> None:
     typed = kit.estimate(df, "prompt", provider="demo", cache=False, schema=Ticket)
     extra = typed["value"]["input tokens"] - plain["value"]["input tokens"]
     assert extra == 3 * (len(json.dumps(Ticket.model_json_schema())) // 4)
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    label: str
+
+
+class Pair(TypedDict):
+    left: str
+    right: float
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("target", [Point, Pair], ids=["dataclass", "typeddict"])
+async def test_dataclasses_and_typeddicts_work_too(target: type) -> None:
+    demo = kit.DemoProvider(latency=0.1)
+    df = pd.DataFrame({"prompt": ["one", "two"]})
+    result = await kit.run_df(df, "prompt", schema=target, provider=demo, progress=False)
+    assert (result["status"] == "ok").all()
+    first = next(name for name in result.columns if name in ("x", "left"))
+    assert str(result[first].dtype) in ("Int64", "string")
+
+
+def test_a_typing_typeddict_on_python_3_11_is_explained() -> None:
+    import typing
+
+    class Old(typing.TypedDict):
+        a: int
+
+    with pytest.raises(kit.ConfigError, match=r"typing_extensions\.TypedDict"):
+        kit.estimate(pd.DataFrame({"prompt": ["a"]}), "prompt", schema=Old, provider="demo")
