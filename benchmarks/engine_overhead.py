@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import statistics
 import time
-
 from typing import Any, Literal
 
 import pandas as pd

@@ -227,3 +227,19 @@ def test_a_typing_typeddict_on_python_3_11_is_explained() -> None:
 
     with pytest.raises(kit.ConfigError, match=r"typing_extensions\.TypedDict"):
         kit.estimate(pd.DataFrame({"prompt": ["a"]}), "prompt", schema=Old, provider="demo")
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_a_server_refusing_json_schema_is_asked_another_way_once_per_run(
+    server: FakeLLMServer, api: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.configure(json_schema_refused=True)
+    prompts = [f"route {i}" for i in range(6)]
+    result = await run(server, api, prompts, schema=Ticket, concurrency=1)
+    assert (result["status"] == "ok").all() and result["attempts"].eq(1).all()
+    assert result["team"].tolist() == ["billing"] * 6
+    assert server.stats()["requests_total"] == 7  # one refused request, re-sent at once
+    switches = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(switches) == 1  # detected once per run, not per row
+    if api == "openai":  # json_object: the schema went in a system line
+        assert "JSON schema: " in server.stats()["systems_seen"][-1]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,10 +15,11 @@ from ..clock import Clock
 from ..errors import MissingKeyError
 from ..secrets import MASK, Redactor, Secret, check_base_url, read_key
 from ..types import Completion, OutputSchema, RateInfo, Request
-from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, check_sdk_params, rate_info
+from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, check_sdk_params, rate_info, refuses
 from .replies import invalid, label, reply_json, text_of, usage_of
 
 ENV_KEY = "ANTHROPIC_API_KEY"
+log = logging.getLogger("notebook_kit")
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this is used when none is given
 
 # Anthropic's stop reasons, in the vocabulary of OpenAI's finish_reason.
@@ -86,13 +90,34 @@ class AnthropicProvider(Provider):
 
 
 class _AnthropicSession(SDKSession):
+    """Under schema=: output_config, until the model or server answers 400 to it; then, for
+    the rest of the run, a forced call of a tool whose input is the schema."""
+
+    forced_tool = False
+
     async def _call(self, request: Request) -> Completion:
+        schema = request.schema
+        if schema is not None and not self.forced_tool:
+            try:
+                return await self._send(
+                    request, {"output_config": {"format": output_format(schema)}}
+                )
+            except Exception as exc:
+                if not refuses(exc, self._sdk, ("output_config", "output_format", "json_schema")):
+                    raise
+                self.forced_tool = True  # once per run; this row is sent again below
+                log.warning("the model refused output_config: asking for a forced tool call")
+        if schema is not None:
+            tool = {"name": tool_name(schema), "input_schema": schema.json_schema}
+            forced = {"type": "tool", "name": tool["name"]}
+            return await self._send(request, {"tools": [tool], "tool_choice": forced})
+        return await self._send(request, {})
+
+    async def _send(self, request: Request, extra: dict[str, Any]) -> Completion:
         system, messages = split_system(request.messages)
-        params = dict(request.params)
+        params = {**request.params, **extra}
         if system:
             params["system"] = system
-        if request.schema is not None:
-            params["output_config"] = {"format": output_format(request.schema)}
         raw = await self._client.messages.with_raw_response.create(
             model=request.model, messages=messages, **params
         )
@@ -109,6 +134,10 @@ def output_format(schema: OutputSchema) -> dict[str, Any]:
     return {"type": "json_schema", "schema": anthropic.transform_schema(schema.json_schema)}
 
 
+def tool_name(schema: OutputSchema) -> str:
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", schema.name)[:64] or "answer"
+
+
 def _completion(
     body: dict[str, Any], request: Request, request_id: str | None, rate: RateInfo | None
 ) -> Completion:
@@ -118,8 +147,16 @@ def _completion(
         raise invalid("malformed reply: no content list", request_id)
     stop = label(body.get("stop_reason"))
     input_tokens, output_tokens = usage_of(body, ("input_tokens", "output_tokens"))
+    tool_input = next(
+        (b.get("input") for b in content if isinstance(b, dict) and b.get("type") == "tool_use"),
+        None,
+    )
+    if tool_input is not None and request.schema is not None:  # the forced tool's answer
+        text, stop = json.dumps(tool_input), "end_turn"
+    else:
+        text = text_of(content)
     return Completion(
-        text=text_of(content),
+        text=text,
         model=label(body.get("model")) or request.model,
         input_tokens=input_tokens,
         output_tokens=output_tokens,

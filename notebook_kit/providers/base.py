@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import inspect
+import json
 import re
 import time
 from abc import ABC, abstractmethod
@@ -184,6 +185,27 @@ def transport_error(exc: BaseException, redact: Redactor) -> CallError:
     detail = f"{type(cause).__name__}: {cause}" if cause is not exc else str(exc)
     text = f"connection failed ({' '.join(detail.split())[:200]})"
     return CallError(ErrorType.CONNECTION, redact(text))
+
+
+SCHEMA_INSTRUCTION = "Answer with one JSON object that fits this JSON schema: "
+
+
+def with_schema_instruction(
+    messages: list[dict[str, Any]], schema: OutputSchema
+) -> list[dict[str, Any]]:
+    """`messages` with a system line giving the schema, for a server that takes no schema
+    itself (the reply is validated all the same)."""
+    line = {"role": "system", "content": SCHEMA_INSTRUCTION + json.dumps(schema.json_schema)}
+    return [line, *messages]
+
+
+def refuses(exc: Exception, sdk: Any, words: tuple[str, ...]) -> bool:
+    """Whether `exc` is a 400 whose text names one of `words` (a server refusing a
+    parameter it does not know)."""
+    if not isinstance(exc, sdk.BadRequestError):
+        return False
+    text = f"{exc.message} {exc.body}".lower()
+    return any(word in text for word in words)
 
 
 class SDKSession(ABC):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -13,10 +14,19 @@ from ..clock import Clock
 from ..errors import CallError, ConfigError, MissingKeyError
 from ..secrets import MASK, Redactor, Secret, check_base_url, read_key
 from ..types import Completion, ErrorType, OutputSchema, RateInfo, Request
-from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, check_sdk_params, rate_info
+from .base import (
+    SDK_TIMEOUT_SLACK,
+    Provider,
+    SDKSession,
+    check_sdk_params,
+    rate_info,
+    refuses,
+    with_schema_instruction,
+)
 from .replies import invalid, label, reply_json, text_of, usage_of
 
 ENV_KEY = "OPENAI_API_KEY"
+log = logging.getLogger("notebook_kit")
 LOCAL_KEY = "not-needed"  # OpenAI-compatible local servers take any key
 
 
@@ -79,12 +89,32 @@ class OpenAIProvider(Provider):
 
 
 class _OpenAISession(SDKSession):
+    """Under schema=: json_schema, until a server answers 400 to it; then, for the rest of
+    the run, json_object with the schema in a system line (the reply is still validated)."""
+
+    json_object = False
+
     async def _call(self, request: Request) -> Completion:
-        params = request.params
-        if request.schema is not None:
-            params = {**params, "response_format": response_format(request.schema)}
+        schema = request.schema
+        if schema is None:
+            return await self._send(request, request.messages, request.params)
+        if not self.json_object:
+            strict = {**request.params, "response_format": response_format(schema)}
+            try:
+                return await self._send(request, request.messages, strict)
+            except Exception as exc:
+                if not refuses(exc, self._sdk, ("response_format", "json_schema")):
+                    raise
+                self.json_object = True  # once per run; this row is sent again below
+                log.warning("the server refused json_schema: asking for json_object instead")
+        loose = {**request.params, "response_format": {"type": "json_object"}}
+        return await self._send(request, with_schema_instruction(request.messages, schema), loose)
+
+    async def _send(
+        self, request: Request, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> Completion:
         raw = await self._client.chat.completions.with_raw_response.create(
-            model=request.model, messages=request.messages, **params
+            model=request.model, messages=messages, **params
         )
         request_id = label(raw.headers.get("x-request-id"))
         body = reply_json(raw.content, request_id, self._redact)

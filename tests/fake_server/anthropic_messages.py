@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -29,18 +30,30 @@ class AnthropicMessages(Api):
     """Bodies, errors and ``anthropic-ratelimit-*`` headers as Anthropic sends them."""
 
     path = "/v1/messages"
+    format_refusal = "output_config: Extra inputs are not permitted"
     request_id_header = "request-id"
 
     def success_body(
         self, rid: int, chat: ChatRequest, reply: Reply, *, usage: bool
     ) -> dict[str, Any]:
+        content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}]
+        stop = STOP_REASONS[reply.finish]
+        if chat.form == "tool" and reply.finish != "refusal":  # the forced tool's call
+            try:
+                given = json.loads(reply.text)
+            except ValueError:
+                given = {}  # cut mid-object: the tool gets what could be read
+            content = [
+                {"type": "tool_use", "id": f"toolu_{rid}", "name": chat.tool, "input": given}
+            ]
+            stop = "tool_use"
         body: dict[str, Any] = {
             "id": f"msg_{rid}",
             "type": "message",
             "role": "assistant",
             "model": chat.model,
-            "content": [{"type": "text", "text": reply.text}],
-            "stop_reason": STOP_REASONS[reply.finish],
+            "content": content,
+            "stop_reason": stop,
             "stop_sequence": None,
         }
         if usage:

@@ -30,6 +30,9 @@ class ChatRequest:
     max_tokens: int | None
     api_key: str | None
     schema: dict[str, Any] | None = None  # the JSON schema the reply must fit
+    form: str | None = None  # how it was asked: json_schema, json_object (schema in a
+    # system line) or tool (Anthropic's forced tool call)
+    tool: str | None = None  # the forced tool's name
     last: str = ""  # the last user message (under a schema, `prompt` is the first: the row's)
 
     @classmethod
@@ -42,11 +45,13 @@ class ChatRequest:
         if "system" in body:
             systems.append(_text(body["system"]))
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        schema = _schema_of(body)
+        form, schema, tool = _schema_of(body, "\n".join(systems))
         return cls(
             model=str(body.get("model", "")),
             prompt=(prompts[0] if schema is not None else prompts[-1]) if prompts else "",
             schema=schema,
+            form=form,
+            tool=tool,
             last=prompts[-1] if prompts else "",
             system="\n\n".join(systems),
             input_tokens=max(1, sum(map(len, texts)) // 4),
@@ -87,17 +92,26 @@ class Reply:
         return cls(" ".join(words), tokens, finish)
 
 
-def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema a request asks the reply to fit: OpenAI's response_format or
-    Anthropic's output_config format."""
+SCHEMA_LINE = "JSON schema: "  # how a client puts a schema in a system line (json_object)
+
+
+def _schema_of(body: dict[str, Any], system: str) -> tuple[str | None, Any, str | None]:
+    """How a request asks the reply to fit a JSON schema, the schema, and a forced tool's
+    name: OpenAI's response_format (json_schema, or json_object with the schema in a system
+    line), Anthropic's output_config format, or a forced tool call."""
     formats = [body.get("response_format"), (body.get("output_config") or {}).get("format")]
     for spec in formats:
-        if not isinstance(spec, dict) or spec.get("type") != "json_schema":
-            continue
-        schema = (spec.get("json_schema") or {}).get("schema", spec.get("schema"))
-        if isinstance(schema, dict):
-            return schema
-    return None
+        if isinstance(spec, dict) and spec.get("type") == "json_schema":
+            schema = (spec.get("json_schema") or {}).get("schema", spec.get("schema"))
+            return "json_schema", schema, None
+        if isinstance(spec, dict) and spec.get("type") == "json_object" and SCHEMA_LINE in system:
+            return "json_object", json.loads(system.split(SCHEMA_LINE, 1)[1]), None
+    choice, tools = body.get("tool_choice"), body.get("tools")
+    if isinstance(choice, dict) and choice.get("type") == "tool" and isinstance(tools, list):
+        tool = next((t for t in tools if t.get("name") == choice.get("name")), None)
+        if tool is not None:
+            return "tool", tool.get("input_schema"), str(tool["name"])
+    return None, None, None
 
 
 def fitting(schema: dict[str, Any], root: dict[str, Any]) -> Any:
@@ -139,6 +153,7 @@ class Api(ABC):
     """One API the server speaks."""
 
     path: ClassVar[str]  # the POST route
+    format_refusal: ClassVar[str] = "json_schema is not supported"  # an old server's 400
     request_id_header: ClassVar[str]  # carries "req_<n>" on every answer
 
     @abstractmethod

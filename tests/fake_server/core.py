@@ -101,6 +101,8 @@ class Core:
             stats.systems_seen.append(chat.system)
             stats.last_messages.append(chat.last)
             rejection = self._rejection(api, settings, chat, arrival)
+            if rejection is None and settings.json_schema_refused and chat.form == "json_schema":
+                rejection = ApiError(400, api.format_refusal)
             fault = self._pick_fault(settings, directive, attempt) if rejection is None else None
         if rejection is not None:
             return self._error(api, rid, rejection)

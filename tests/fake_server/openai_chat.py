@@ -12,6 +12,7 @@ class OpenAIChat(Api):
     """Bodies, errors and ``x-ratelimit-*`` headers as OpenAI sends them."""
 
     path = "/v1/chat/completions"
+    format_refusal = "response_format of type json_schema is not supported by this model"
     request_id_header = "x-request-id"
 
     def success_body(

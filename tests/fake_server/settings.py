@@ -55,6 +55,7 @@ class Settings:
     rate_headers: bool = True  # False: enforce rpm/tpm limits without disclosing them
     reply_patch: dict[str, Any] | None = None  # JSON merge patch on every success body
     error_body: dict[str, Any] | None = None  # sent instead of the API's body on every error
+    json_schema_refused: bool = False  # a 400 to json_schema / output_config (old servers)
 
     def __post_init__(self) -> None:
         if self.models is not None:
