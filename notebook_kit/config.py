@@ -15,6 +15,7 @@ from tenacity import RetryCallState
 
 from .errors import ConfigError
 from .pricing import price_of
+from .secrets import MASK
 
 if TYPE_CHECKING:
     from .structured import Schema
@@ -163,12 +164,21 @@ def check_budget(config: RunConfig) -> None:
         )
 
 
+SECRET_HEADER_WORDS = ("auth", "key", "token", "secret", "cookie", "password")
+
+
 def json_safe(params: dict[str, Any]) -> dict[str, Any]:
-    """Model parameters as JSON can hold them (other objects by their repr)."""
+    """Model parameters as JSON can hold them (other objects by their repr), with the values
+    of headers whose names suggest a secret (`Authorization`, `X-Api-Key`) masked."""
     import json
 
     safe: dict[str, Any] = {}
     for key, value in params.items():
+        if key in ("extra_headers", "default_headers") and isinstance(value, dict):
+            value = {
+                name: MASK if any(w in str(name).lower() for w in SECRET_HEADER_WORDS) else v
+                for name, v in value.items()
+            }
         try:
             json.dumps(value)
         except (TypeError, ValueError):

@@ -18,6 +18,8 @@ from test_hostile_replies import APIS, run
 
 import notebook_kit as kit
 from notebook_kit.providers import resolve
+from notebook_kit.providers.base import transport_error
+from notebook_kit.providers.status import status_error
 from notebook_kit.secrets import Redactor
 
 SENTINEL = "sk-SENTINEL-do-not-leak-4f7a9c"
@@ -224,3 +226,37 @@ def test_plain_base_urls_are_kept_as_given(url: str) -> None:
     provider = kit.OpenAIProvider(api_key=KEY, base_url=url)
     assert provider.describe() == {"base_url": url}
     assert KEY not in repr(provider)
+
+
+LONG_KEY = "sk-proj-" + "A1b2C3d4E5" * 6
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"message": "x" * 150 + f" the key {LONG_KEY} was revoked", "type": "auth"}},
+        [{"detail": [{"loc": ["header", "y" * 150 + LONG_KEY], "msg": "bad"}]}],
+        "z" * 160 + LONG_KEY,
+    ],
+    ids=["message", "field", "text"],
+)
+def test_a_key_where_the_error_text_is_cut_leaves_no_piece_of_it(body: object) -> None:
+    text = str(status_error(401, body, redact=Redactor(LONG_KEY)))
+    assert not any(LONG_KEY[:n] in text for n in range(12, len(LONG_KEY)))
+
+
+def test_a_key_where_a_connection_error_is_cut_leaves_no_piece_of_it() -> None:
+    exc = ConnectionError("w" * 170 + f" proxy rejected {LONG_KEY} at the door")
+    text = str(transport_error(exc, Redactor(LONG_KEY)))
+    assert not any(LONG_KEY[:n] in text for n in range(12, len(LONG_KEY)))
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_secret_headers_are_sent_but_masked_in_the_frame(
+    server: FakeLLMServer, api: str
+) -> None:
+    headers = {"X-Upstream-Key": SENTINEL, "X-Team": "analytics"}
+    result = await run(api, server, ["q"], extra_headers=headers)
+    assert result.loc[0, "status"] == "ok"
+    assert SENTINEL not in repr(result.attrs) and SENTINEL not in result.to_json()
+    assert result.attrs["notebook_kit"]["params"]["extra_headers"]["X-Team"] == "analytics"

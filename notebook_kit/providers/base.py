@@ -183,8 +183,8 @@ def transport_error(exc: BaseException, redact: Redactor) -> CallError:
     cause = next((e for e in chain[1:] if not type(e).__module__.startswith(wrappers)), None)
     cause = cause or chain[-1]
     detail = f"{type(cause).__name__}: {cause}" if cause is not exc else str(exc)
-    text = f"connection failed ({' '.join(detail.split())[:200]})"
-    return CallError(ErrorType.CONNECTION, redact(text))
+    detail = " ".join(detail.split())  # masked before it is cut: no piece of a key is left
+    return CallError(ErrorType.CONNECTION, f"connection failed ({redact(detail)[:200]})")
 
 
 SCHEMA_INSTRUCTION = "Answer with one JSON object that fits this JSON schema: "

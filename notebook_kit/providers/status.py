@@ -95,8 +95,9 @@ def status_error(
     request_id: str | None = None,
     redact: Redactor | None = None,
 ) -> CallError:
-    """The `CallError` for an HTTP error reply with `body` (decoded JSON, or text)."""
-    info = ErrorBody.read(body)
+    """The `CallError` for an HTTP error reply with `body` (decoded JSON, or text). Keys are
+    masked in the whole body before any text is cut, so no cut leaves a piece of a key."""
+    info = ErrorBody.read(_redacted(body, redact) if redact else body)
     kind = info.kind(status)
     try:
         reason = http.HTTPStatus(status).phrase
@@ -134,6 +135,17 @@ def retry_after(headers: Mapping[str, str] | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _redacted(body: object, redact: Redactor) -> object:
+    """`body` with every text in it (keys of mappings too) passed through `redact`."""
+    if isinstance(body, str):
+        return redact(body)
+    if isinstance(body, Mapping):
+        return {_redacted(k, redact): _redacted(v, redact) for k, v in body.items()}
+    if isinstance(body, list):
+        return [_redacted(item, redact) for item in body]
+    return body
 
 
 def _clean(text: str) -> str | None:
