@@ -24,7 +24,7 @@ import pandas as pd
 from . import frame as frames, history
 from .cache import Cache
 from .clock import Clock
-from .config import RunConfig, check_budget
+from .config import RunConfig, check_budget, whole
 from .engine import Engine
 from .errors import RunError
 from .events import Event
@@ -139,8 +139,9 @@ class Job:
     # -- controls (any thread) -----------------------------------------------------------
 
     def set_concurrency(self, value: int) -> None:
-        """Requests in flight at most, from now on (in-flight requests are not interrupted)."""
-        value = int(value)
+        """Requests in flight at most, from now on (in-flight requests are not interrupted).
+        `ConfigError` for anything but a whole number >= 1; the limit is then unchanged."""
+        value = whole("concurrency", value, minimum=1)
         self._control(lambda engine: engine.set_concurrency(value))
 
     def set_model(self, model: str) -> None:

@@ -155,6 +155,18 @@ async def test_item23_controls_from_another_thread_run_on_the_jobs_loop() -> Non
     assert len(threads) == 2 and set(threads) == {threading.get_ident()}  # the loop's thread
 
 
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8", None])
+async def test_a_bad_concurrency_from_the_caller_is_refused_and_changes_nothing(bad: Any) -> None:
+    demo = kit.DemoProvider(latency=0.05, jitter=0.0)
+    job = kit.start(pd.DataFrame({"prompt": list("abcdef")}), "prompt", provider=demo, cache=False)
+    job.set_concurrency(3)
+    with pytest.raises(kit.ConfigError, match="concurrency must be a whole number >= 1"):
+        job.set_concurrency(bad)
+    result = await job
+    assert (job.snapshot().limit, job.engine.concurrency.adaptive.target) == (3, 3)
+    assert (result["status"] == "ok").all()
+
+
 class Billing(kit.DemoProvider):
     """The demo model, billing input tokens as `bill(text)` says and replying as `reply_model`
     (a provider's alias, or a dated name no price table has)."""

@@ -102,8 +102,9 @@ class AdaptiveConcurrency:
     def set_target(self, value: int) -> None:
         """A new ceiling from the user; the limit goes straight to it."""
         changed = value != self.target
+        moved = self._set(value)  # first: a value the limiter refuses leaves the target as is
         self.target = value
-        if not self._set(value) and changed:
+        if not moved and changed:
             self._on_change(value)
 
     def rate_limited(self, retry_after: float | None) -> None:
