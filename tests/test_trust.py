@@ -163,7 +163,7 @@ async def test_a_bad_concurrency_from_the_caller_is_refused_and_changes_nothing(
     with pytest.raises(kit.ConfigError, match="concurrency must be a whole number >= 1"):
         job.set_concurrency(bad)
     result = await job
-    assert (job.snapshot().limit, job.engine.concurrency.adaptive.target) == (3, 3)
+    assert (job.snapshot().limit, job.snapshot().target) == (3, 3)
     assert (result["status"] == "ok").all()
 
 
