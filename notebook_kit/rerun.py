@@ -59,12 +59,23 @@ def rerun_job(
         )
         base = RunConfig.from_meta(meta, default_model=provider.default_model)
     config = run_config(options, provider, base=base)
-    if meta.get("schema") and config.schema is None:
+    made_with = meta.get("schema")
+    if made_with and config.schema is None:
         raise ConfigError(
-            f"this frame was made with schema={meta['schema']}, which its attrs cannot carry "
-            f"out of the process that made it: pass schema={meta['schema']} again"
+            f"this frame was made with schema={made_with}, which its attrs cannot carry "
+            f"out of the process that made it: pass schema={made_with} again"
         )
     fields = config.schema.fields if config.schema is not None else []
+    if config.schema is not None and (
+        config.schema.name != made_with
+        or not {kept.get("prefix", "") + f for f in fields} <= set(meta.get("columns", ()))
+    ):
+        was = f"schema={made_with}" if made_with else "no schema"
+        raise ConfigError(
+            f"this frame was made with {was}, so its rows cannot be re-run with "
+            f"schema={config.schema.name} (the columns would not match): run_df(...) makes "
+            "a new frame with it"
+        )
     plan = frames.plan(rows, **(kept | given), schema_fields=fields)
     original_cache = meta.get("cache") or False  # the file the run used, or False: it had none
     return Job(

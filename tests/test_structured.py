@@ -94,6 +94,19 @@ async def test_a_row_that_never_fits_is_data(server: FakeLLMServer, api: str) ->
     assert fixed.loc[0, "error_type"] == "invalid_output" and fixed.loc[0, "attempts"] == 3
 
 
+async def test_retry_failed_with_another_schema_is_refused_before_any_call(
+    server: FakeLLMServer,
+) -> None:
+    plain = await run(server, "openai", ["[[status=500 times=9]] a", "b"], max_attempts=1)
+    typed = await run(server, "openai", ["[[invalid_json]] c", "d"], schema=Ticket)
+    sent = server.stats()["requests_total"]
+    for frame, schema, made in ((plain, Ticket, "no schema"), (typed, Other, "schema=Ticket")):
+        assert (frame["status"] == "error").sum() == 1
+        with pytest.raises(kit.ConfigError, match=f"made with {made}, so its rows cannot be"):
+            await kit.retry_failed(frame, schema=schema)
+    assert server.stats()["requests_total"] == sent
+
+
 @pytest.mark.parametrize("api", APIS)
 async def test_refusals_and_cut_replies_are_not_re_asked(server: FakeLLMServer, api: str) -> None:
     result = await run(server, api, ["[[refusal]] no", "[[finish=length]] cut"], schema=Ticket)
