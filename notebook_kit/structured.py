@@ -45,7 +45,7 @@ class Schema:
         self.target = target
         self.retries = retries
         self.name = str(getattr(target, "__name__", "output"))
-        self.fields: list[str] = list(self.json_schema["properties"])
+        self.fields = _field_names(target, self.json_schema)
         canonical = json.dumps(self.json_schema, sort_keys=True)
         self.fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
         self._hints = typing.get_type_hints(target) if isinstance(target, type) else {}
@@ -88,6 +88,16 @@ class Schema:
             prefix + name: _typed([row.get(name) for row in rows], self._hints.get(name))
             for name in self.fields
         }
+
+
+def _field_names(target: Any, json_schema: dict[str, Any]) -> list[str]:
+    """The top-level fields by their Python names (`team_name`), not by the aliases the
+    JSON uses (`teamName`): the names the user wrote, and the attributes to read."""
+    if isinstance(target, type) and issubclass(target, pydantic.BaseModel):
+        return list(target.model_fields)
+    if dataclasses.is_dataclass(target):
+        return [field.name for field in dataclasses.fields(target)]
+    return list(json_schema["properties"])
 
 
 def _typed(values: list[Any], hint: Any) -> Any:

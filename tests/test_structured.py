@@ -17,6 +17,7 @@ import pydantic
 import pytest
 from conftest import KEY, quick_retries
 from fake_server import FakeLLMServer
+from pydantic.alias_generators import to_camel
 from typing_extensions import TypedDict
 
 import notebook_kit as kit
@@ -67,6 +68,23 @@ async def test_valid_replies_fill_typed_columns(server: FakeLLMServer, api: str)
     assert result["tags"].dtype == object and result["tags"].tolist() == [[], []]
     assert all(isinstance(p, Ticket) for p in result["parsed"])
     assert result["response"].str.startswith("{").all()  # the raw reply is kept
+
+
+class Camel(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    team_name: Literal["billing", "shipping"]
+    open_count: int
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_aliased_fields_fill_columns_named_as_in_the_model(
+    server: FakeLLMServer, api: str
+) -> None:
+    result = await run(server, api, ["route a"], schema=Camel)
+    assert result.loc[0, "status"] == "ok" and "teamName" in result.loc[0, "response"]
+    assert result.loc[0, "team_name"] == "billing" and not pd.isna(result.loc[0, "open_count"])
+    dtypes = (str(result["team_name"].dtype), str(result["open_count"].dtype))
+    assert dtypes == ("category", "Int64")
 
 
 @pytest.mark.parametrize("api", APIS)
