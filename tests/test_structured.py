@@ -81,8 +81,9 @@ async def test_aliased_fields_fill_columns_named_as_in_the_model(
     server: FakeLLMServer, api: str
 ) -> None:
     result = await run(server, api, ["route a"], schema=Camel)
-    assert result.loc[0, "status"] == "ok" and "teamName" in result.loc[0, "response"]
-    assert result.loc[0, "team_name"] == "billing" and not pd.isna(result.loc[0, "open_count"])
+    row = result.iloc[0].to_dict()
+    assert row["status"] == "ok" and "teamName" in row["response"]
+    assert row["team_name"] == "billing" and not pd.isna(row["open_count"])
     dtypes = (str(result["team_name"].dtype), str(result["open_count"].dtype))
     assert dtypes == ("category", "Int64")
 
