@@ -59,6 +59,7 @@ class Attempts:
                 completion.input_tokens,
                 completion.output_tokens,
             )
+            row.spent.add(completion, row.cost)
             return completion
         except CallError as exc:
             error, outcome = exc, exc.error_type.value

@@ -270,18 +270,25 @@ def merge(
     rerun: pd.DataFrame,
     columns: Sequence[str],
 ) -> pd.DataFrame:
-    """`result` with `columns` of the rows at `positions` taken from `rerun`; attempts add up."""
+    """`result` with `columns` of the rows at `positions` taken from `rerun`; what a row
+    took and cost adds up (attempts, tokens, cost: NA only where both runs have none)."""
     merged = result.copy()
     rows = positions
-    before = merged["attempts"].to_numpy(dtype="int64", na_value=0)[rows]
+    before = {name: pd.Series(merged[name].array[rows]) for name in ADDED_UP}
     for column in columns:
         values = merged[column].array.copy()
         values[rows] = rerun[column].array
         merged[column] = values
-    attempts = merged["attempts"].array.copy()
-    attempts[rows] = before + rerun["attempts"].to_numpy(dtype="int64", na_value=0)
-    merged["attempts"] = attempts
+    for name, earlier in before.items():  # by position: the user's index may repeat labels
+        later = pd.Series(rerun[name].array)
+        total = earlier.add(later, fill_value=0)
+        values = merged[name].array.copy()
+        values[rows] = total.where(earlier.notna() | later.notna()).array
+        merged[name] = values
     return merged
+
+
+ADDED_UP = ("attempts", "input_tokens", "output_tokens", "cost_usd")
 
 
 def _require_column(frame: pd.DataFrame, column: str) -> None:

@@ -4,11 +4,40 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .errors import CallError
 from .meters import AttemptOutcome, Meter
 from .retry import RowTries
 from .types import Completion, ErrorType, Request, RowResult, RowStatus
+
+
+@dataclass(slots=True)
+class Spent:
+    """Tokens and cost summed over every reply a row was billed for: retries that got a
+    reply and re-asks under schema= cost money too, whether the row ends ok or not."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost: float | None = None
+    unpriced: bool = False  # a reply had no known price: the row's cost is unknown
+
+    def add(self, completion: Completion, cost: float | None) -> None:
+        self.input_tokens = _plus(self.input_tokens, completion.input_tokens)
+        self.output_tokens = _plus(self.output_tokens, completion.output_tokens)
+        self.cost = _plus(self.cost, cost)
+        self.unpriced |= cost is None
+
+    @property
+    def cost_usd(self) -> float | None:
+        return None if self.unpriced or self.cost is None else round(self.cost, 10)
+
+
+N = TypeVar("N", int, float)
+
+
+def _plus(total: N | None, more: N | None) -> N | None:
+    return more if total is None else total if more is None else total + more
 
 
 @dataclass(slots=True)
@@ -22,6 +51,7 @@ class Row:
     latency: float | None = None  # seconds the last request took
     wait: float | None = None  # the retrier's wait after the last failure (None: final)
     cost: float | None = None  # what the last reply was billed
+    spent: Spent = dataclasses.field(default_factory=lambda: Spent())  # by all its replies
     last_text: str | None = None  # under schema=: the last reply that did not fit
     finish: str | None = None  # and how it ended
 
@@ -38,9 +68,9 @@ class Row:
             text=completion.text,
             attempts=self.tries.sent,
             latency_s=self.latency,
-            input_tokens=completion.input_tokens,
-            output_tokens=completion.output_tokens,
-            cost_usd=self.cost,
+            input_tokens=self.spent.input_tokens,
+            output_tokens=self.spent.output_tokens,
+            cost_usd=self.spent.cost_usd,
             finish_reason=completion.finish_reason,
             request_id=completion.request_id,
             model=completion.model,
@@ -81,6 +111,9 @@ class Row:
             error_type=error.error_type,
             attempts=self.tries.sent,
             latency_s=self.latency,
+            input_tokens=self.spent.input_tokens,
+            output_tokens=self.spent.output_tokens,
+            cost_usd=self.spent.cost_usd,
             finish_reason=self.finish,
             request_id=error.request_id,
         )

@@ -125,7 +125,7 @@ class RowResult:
     latency_s: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
-    cost_usd: float | None = None  # what this run paid for the row (0 when served from cache)
+    cost_usd: float | None = None  # what this run paid for all the row's replies (0: cache)
     finish_reason: str | None = None
     request_id: str | None = None
     model: str | None = None

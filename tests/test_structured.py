@@ -126,6 +126,25 @@ async def test_retry_failed_with_another_schema_is_refused_before_any_call(
     assert server.stats()["requests_total"] == sent
 
 
+@pytest.mark.usefixtures("priced")
+@pytest.mark.parametrize("api", APIS)
+async def test_a_row_shows_every_reply_it_paid_for(server: FakeLLMServer, api: str) -> None:
+    prompts = ["[[invalid_json times=1]] a", "[[invalid_json]] b", "c"]
+    result = await run(server, api, prompts, schema=Ticket, schema_retries=1, model="priced-model")
+    assert result["attempts"].tolist() == [2, 2, 1]
+    assert result["status"].tolist() == ["ok", "error", "ok"]
+    billed = server.stats()
+    assert result["input_tokens"].sum() == billed["tokens_billed_input"]
+    assert result["output_tokens"].sum() == billed["tokens_billed_output"]
+    assert result["cost_usd"].gt(0).all()  # the row that never fit was paid for too
+    meta = result.attrs["notebook_kit"]
+    assert meta["cost_usd"] == pytest.approx(result["cost_usd"].sum())
+    fixed = await kit.retry_failed(result, schema=Ticket, schema_retries=0)
+    assert fixed["attempts"].tolist() == [2, 3, 1]
+    assert fixed["input_tokens"].sum() == server.stats()["tokens_billed_input"]
+    assert fixed.attrs["notebook_kit"]["cost_usd"] == pytest.approx(fixed["cost_usd"].sum())
+
+
 @pytest.mark.parametrize("api", APIS)
 async def test_refusals_and_cut_replies_are_not_re_asked(server: FakeLLMServer, api: str) -> None:
     result = await run(server, api, ["[[refusal]] no", "[[finish=length]] cut"], schema=Ticket)
