@@ -3,6 +3,7 @@ per-attempt records for plots."""
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -97,12 +98,11 @@ class RunStats:
 
     def counts(self, now: float) -> dict[str, Any]:
         """The counters as `Snapshot` fields, `now` seconds into the run."""
-        answered = self.answered_at
-        while answered and answered[0] <= now - RECENT_S:
-            answered.popleft()
+        answered = list(self.answered_at)  # a copy: a panel's thread reads while rows end
+        recent = len(answered) - bisect.bisect_right(answered, now - RECENT_S)
         window = min(RECENT_S, now)
         return {
-            "rate": len(answered) / window if window > 0 else 0.0,
+            "rate": recent / window if window > 0 else 0.0,
             "total": self.total,
             "ok": self.ok,
             "error": self.error,
@@ -148,7 +148,10 @@ class RunStats:
         if event.result.cached:
             self.cached += 1
         elif event.source == "call" and status in (RowStatus.OK, RowStatus.ERROR):
-            self.answered_at.append(event.t)
+            answered = self.answered_at  # trimmed here only, on the loop's thread
+            answered.append(event.t)
+            while answered[0] <= event.t - RECENT_S:
+                answered.popleft()
         if self.waiting:
             self.waiting.discard((event.step, event.key))
 

@@ -15,6 +15,9 @@ import pandas as pd
 import pytest
 
 import notebook_kit as kit
+from notebook_kit.events import RowFinished
+from notebook_kit.reporting import RunStats
+from notebook_kit.types import RowResult, RowStatus
 
 matplotlib.use("Agg")
 pytestmark = pytest.mark.looptime
@@ -169,3 +172,16 @@ async def test_item4_re_running_a_cell_stops_its_earlier_job(
     second.cancel()
     await second
     await third
+
+
+def test_a_snapshot_reads_the_rate_window_without_changing_it() -> None:
+    """A panel's thread asks for snapshots while the loop's thread ends rows: only the
+    loop's thread trims the window, so two threads never pop the same deque."""
+    stats = RunStats(total=3)
+    for key, t in enumerate((1.0, 2.0, 9.0)):
+        result = RowResult(key=key, status=RowStatus.OK)
+        stats._row_finished(RowFinished(t=t, key=key, result=result))
+    assert list(stats.answered_at) == [9.0]  # older than RECENT_S before 9.0: trimmed
+    assert stats.counts(10.0)["rate"] == pytest.approx(1 / 5)
+    assert stats.counts(20.0)["rate"] == 0.0
+    assert list(stats.answered_at) == [9.0]
