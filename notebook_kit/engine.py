@@ -169,15 +169,14 @@ class Engine:
                 emit=self._emit,
                 since=self._t0,
             )
+            remaining = iter(items)
             try:
-                await self._dispatch(iter(items))
+                await self._dispatch(remaining)
                 await self._drain()
-            except asyncio.CancelledError:
-                self.stop("interrupted")
-                await self._drain()
-                raise
             except BaseException as exc:  # no row may keep running (and paying) after we fail
-                self.stop(f"not run: the run failed ({type(exc).__name__})")
+                failed = f"not run: the run failed ({type(exc).__name__})"
+                self.stop("interrupted" if isinstance(exc, asyncio.CancelledError) else failed)
+                self._record_skips(remaining)
                 await self._drain()
                 raise
             finally:
@@ -214,7 +213,11 @@ class Engine:
             task = asyncio.create_task(self._run_row(row, print_))
             self._rows[task] = row
             task.add_done_callback(self._row_done)
-        for item in items:  # after a stop: record the remaining skips, leave the rest unrun
+        self._record_skips(items)
+
+    def _record_skips(self, items: Iterator[Request | RowResult]) -> None:
+        """After a stop: record the remaining skips, leave the rest unrun."""
+        for item in items:
             if isinstance(item, RowResult):
                 self._finish(item, "input")
 

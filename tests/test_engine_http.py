@@ -225,3 +225,19 @@ async def test_cancelling_keeps_finished_rows_and_stops_in_flight_calls(
     # in-flight calls were cancelled, not orphaned
     await eventually(lambda: server.stats()["in_flight"] == 0)
     assert server.stats()["requests_total"] < 40
+
+
+async def test_an_interrupt_still_records_the_rows_that_needed_no_call(
+    server: FakeLLMServer,
+) -> None:
+    server.configure(latency=0.3)
+    df = pd.DataFrame({"prompt": [*prompts(20)["prompt"], "", " "]})
+    task = asyncio.create_task(run_openai(server, df, concurrency=2))
+    await eventually(lambda: server.stats()["requests_total"] >= 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    partial = kit.last_result()
+    assert partial is not None
+    assert partial["status"].tolist()[-2:] == ["skipped", "skipped"]
+    assert partial["error"].tolist()[-1] == "the prompt is empty"
