@@ -48,6 +48,7 @@ class Schema:
         self.fields = _field_names(target, self.json_schema)
         canonical = json.dumps(self.json_schema, sort_keys=True)
         self.fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        self.json_bytes = len(canonical.encode())
         self._hints = typing.get_type_hints(target) if isinstance(target, type) else {}
 
     def __repr__(self) -> str:

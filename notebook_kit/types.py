@@ -8,6 +8,9 @@ from typing import Any, Protocol
 
 MESSAGE_OVERHEAD = 8  # tokens a message's role and separators may take, at most
 REQUEST_OVERHEAD = 16  # tokens a request's framing may take, at most
+# tokens a schema's framing may take: Anthropic adds a system prompt of ~350 tokens for tool
+# use, and the fallbacks add a system line with the schema or a tool's name and description
+SCHEMA_OVERHEAD = 400
 
 
 class RowStatus(StrEnum):
@@ -47,6 +50,7 @@ class OutputSchema(Protocol):
     fingerprint: str  # part of the cache key
     retries: int  # re-asks after a reply that does not fit
     json_schema: dict[str, Any]
+    json_bytes: int  # the size of the JSON schema sent with every request, in UTF-8 bytes
     adapter: Any  # the pydantic TypeAdapter of the user's type
 
     def __hash__(self) -> int: ...  # providers cache what they build from it
@@ -73,13 +77,17 @@ class Request:
     def estimated_tokens(self) -> int:
         """Rough input-token estimate (about 4 characters per token) for rate limiting."""
         chars = sum(len(str(m.get("content", ""))) for m in self.messages)
+        chars += self.schema.json_bytes if self.schema is not None else 0
         return max(1, chars // 4 + 4 * len(self.messages))
 
     def max_input_tokens(self) -> int:
         """A ceiling on the input tokens for every script: a byte-level tokenizer never makes
         more tokens than UTF-8 bytes (CJK, emoji and code included), plus a generous
-        allowance per message for roles and formatting."""
+        allowance per message for roles and formatting. Under schema= the JSON schema is sent
+        too (as a response format, a tool or a system line), with its own allowance."""
         text = sum(len(str(m.get("content", "")).encode("utf-8", "replace")) for m in self.messages)
+        if self.schema is not None:
+            text += self.schema.json_bytes + SCHEMA_OVERHEAD
         return text + MESSAGE_OVERHEAD * len(self.messages) + REQUEST_OVERHEAD
 
     def planned_tokens(self) -> int:

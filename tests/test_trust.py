@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import re
 import threading
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pydantic
 import pytest
 from conftest import KEY
 
@@ -211,6 +214,29 @@ async def test_item6_the_budget_holds_for_every_script(prompt: str) -> None:
     billed = result.attrs["notebook_kit"]["cost_usd"]
     assert billed <= 0.5
     assert (result["status"] == "cancelled").any()  # the cap, not the data, ended the run
+
+
+class Verdict(pydantic.BaseModel):
+    label: Literal["keep", "drop"]
+    reason: str
+    confidence: float
+
+
+@pytest.mark.usefixtures("priced")
+async def test_item6_the_budget_holds_when_a_schema_goes_with_every_request() -> None:
+    """A schema is input too (a response format, a tool, a system line): billed here at one
+    token per byte on top of the prompt, the run still stops inside its budget."""
+    schema_bytes = len(json.dumps(pydantic.TypeAdapter(Verdict).json_schema()).encode())
+    greedy = Billing(lambda text: utf8_bytes(text) + schema_bytes, latency=0.1)
+    df = pd.DataFrame({"prompt": [f"judge item {i}" for i in range(100)]})
+    options: dict[str, Any] = dict(model="priced-model", max_tokens=10, concurrency=8)
+    result = await run(df, greedy, schema=Verdict, budget_usd=3.0, **options)
+    assert result.attrs["notebook_kit"]["cost_usd"] <= 3.0
+    assert (result["status"] == "ok").sum() >= 5 and (result["status"] == "cancelled").any()
+    small = await run(df.head(2), greedy, schema=Verdict, budget_usd=0.2, **options)
+    assert small["status"].eq("cancelled").all()
+    stopped = small.attrs["notebook_kit"]["stopped"]
+    assert re.match(r"not run: one request may cost up to \$0\.\d+ \(its text", stopped)
 
 
 @pytest.mark.usefixtures("priced")

@@ -84,6 +84,12 @@ class BudgetMeter:
         amount = price.cost(request.max_input_tokens(), ceiling)
         budget = self.budget
         while not await budget.reserve(amount):
+            if not self._pause and amount > budget.usd:
+                raise Refused(
+                    f"not run: one request may cost up to ${amount:.4f} (its text as input "
+                    f"tokens{', the schema' if request.schema else ''}, max_tokens of output), "
+                    f"more than budget_usd={budget.usd:g}: raise it or lower max_tokens"
+                )
             if not self._pause:
                 spent = f"${budget.spent:.4f} of budget_usd={budget.usd:g} spent"
                 raise Refused(f"not run: the budget is reached ({spent})")
