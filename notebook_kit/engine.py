@@ -143,8 +143,11 @@ class Engine:
         """A new spending cap (what was billed so far counts); a job paused at the old cap
         goes on, unless the user paused it."""
         if self.budget is None:
-            self.budget = self._budget_meter(usd, spent=self.stats.cost_usd)
-            self._meters = with_budget(self._meters, self.budget)
+            budget = self.budget = self._budget_meter(usd, spent=self.stats.cost_usd)
+            self._meters = with_budget(self._meters, budget)
+            for row in self._rows.values():  # requests sent already count against it
+                if row.in_flight:
+                    row.held.append((budget, budget.hold(row.request)))
         elif self.budget.raise_to(usd):
             self._emit(Resumed(t=self._now(), reason="budget"))
 
@@ -260,9 +263,7 @@ class Engine:
         while True:
             if self._stopping.is_set():
                 raise _Stopped
-            # the first attempt holds the concurrency slot the dispatcher took for it
-            for meter in self._meters[1:] if row.held else self._meters:
-                row.held.append((meter, await meter.acquire(row.request)))
+            await self._hold_meters(row)
             try:
                 completion = await self._attempts.send(row)
             except CallError:
@@ -276,6 +277,20 @@ class Engine:
             if self._stopping.is_set():
                 raise _Stopped
             await self.clock.sleep(row.wait)
+
+    async def _hold_meters(self, row: Row) -> None:
+        """Every meter for the next attempt, in order (the first attempt holds the slot the
+        dispatcher took). A row that waited in a rate or budget meter while the gate closed
+        (a pause, a 429's cool-down) gives back all but its slot and waits at the gate
+        again; a budget set mid-run is taken by a row already on its way."""
+        while True:
+            for meter in self._meters:
+                if all(meter is not held for held, _ in row.held):
+                    row.held.append((meter, await meter.acquire(row.request)))
+            if self.gate.closed():
+                row.release(AttemptOutcome(row.request, sent=False), keep=1)
+            elif len(row.held) == len(self._meters):
+                return
 
     # -- helpers -------------------------------------------------------------------------
 

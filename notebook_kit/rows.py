@@ -55,9 +55,9 @@ class Row:
     last_text: str | None = None  # under schema=: the last reply that did not fit
     finish: str | None = None  # and how it ended
 
-    def release(self, outcome: AttemptOutcome) -> None:
-        """Give back every meter held, last acquired first."""
-        held, self.held = self.held, []
+    def release(self, outcome: AttemptOutcome, *, keep: int = 0) -> None:
+        """Give back every meter held but the first `keep`, last acquired first."""
+        held, self.held = self.held[keep:], self.held[:keep]
         for meter, token in reversed(held):
             meter.release(token, outcome)
 

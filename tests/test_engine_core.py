@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import pandas as pd
 import pytest
+from conftest import eventually
 
 import notebook_kit as kit
 from notebook_kit.clock import Clock
@@ -174,3 +175,54 @@ async def test_raising_the_budget_does_not_undo_a_users_pause() -> None:
     assert engine.state == "paused"  # the user's pause holds
     engine.resume()
     assert engine.state == "running"
+
+
+class Starts(SpyProvider):
+    """The spy, noting when (on the loop's clock) each request started."""
+
+    def __init__(self, latency: float) -> None:
+        super().__init__(latency=latency)
+        self.started: list[float] = []
+
+    async def complete(self, request: Request) -> Completion:
+        self.started.append(asyncio.get_running_loop().time())
+        return await super().complete(request)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("closing", ["pause", "429 cool-down"])
+async def test_rows_queued_in_the_rpm_meter_start_nothing_while_the_gate_is_closed(
+    closing: str,
+) -> None:
+    spy = Starts(latency=0.1)
+    config = RunConfig(model="spy", limits=Limits(concurrency=4, rpm=6, headroom=1.0))
+    engine = Engine(spy, config, total=6)
+    requests = [Request(key=i, messages=[{"role": "user", "content": f"x{i}"}]) for i in range(6)]
+    run = asyncio.create_task(engine.run(requests))
+    await eventually(lambda: spy.calls == 1)  # three more rows now wait in the rpm meter
+    closed_at = asyncio.get_running_loop().time()
+    if closing == "pause":
+        engine.pause()
+        await asyncio.sleep(60)
+        engine.resume()
+    else:
+        engine.gate.cool_down(45)
+    await run
+    assert sum(closed_at < t < closed_at + 45 for t in spy.started) == 0
+    assert [r.status for r in engine.results.values()] == [RowStatus.OK] * 6
+
+
+@pytest.mark.looptime
+@pytest.mark.usefixtures("priced")
+async def test_a_budget_set_mid_run_counts_the_requests_in_flight() -> None:
+    spy = Starts(latency=10.0)
+    config = RunConfig(model="priced-model", limits=Limits(concurrency=4), params={"max_tokens": 1})
+    engine = Engine(spy, config, total=12)
+    msgs = [Request(key=i, messages=[{"role": "user", "content": f"x{i}"}]) for i in range(12)]
+    run = asyncio.create_task(engine.run(msgs))
+    await eventually(lambda: spy.in_flight == 4)
+    engine.set_budget(0.1)  # the four in flight may cost $0.108: nothing more fits
+    assert engine.budget is not None and engine.budget.budget.reserved > 0.1
+    await run
+    assert spy.calls == 4
+    assert engine.stop_reason is not None and "budget is reached" in engine.stop_reason

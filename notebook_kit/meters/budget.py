@@ -33,9 +33,13 @@ class Budget:
                 return False
             self._changed.clear()
             await self._changed.wait()
+        self.take(amount)
+        return True
+
+    def take(self, amount: float) -> None:
+        """Reserve `amount` now, whether it fits or not (a request already sent)."""
         self.reserved += amount
         self._holders += 1
-        return True
 
     def settle(self, reserved: float, billed: float) -> None:
         """Replace a reservation by what the request really cost."""
@@ -73,15 +77,12 @@ class BudgetMeter:
         self._on_reached = on_reached
 
     async def acquire(self, request: Request) -> float:
-        price = price_of(request.model)
-        if price is None:  # e.g. a model picked mid-run: its cost could not be capped
+        amount = self._ceiling(request)
+        if amount is None:  # e.g. a model picked mid-run: its cost could not be capped
             raise Refused(
                 f"not run: no price is known for model {request.model!r}, so "
                 "budget_usd cannot be enforced (kit.set_price adds one)"
             )
-        max_tokens = request.params.get("max_tokens")
-        ceiling = max_tokens if isinstance(max_tokens, int) else 0
-        amount = price.cost(request.max_input_tokens(), ceiling)
         budget = self.budget
         while not await budget.reserve(amount):
             if not self._pause and amount > budget.usd:
@@ -99,6 +100,23 @@ class BudgetMeter:
                 self._on_reached()
             await self._gate.acquire(request)  # job.set_budget(...) raises the cap and resumes
         return amount
+
+    def hold(self, request: Request) -> float:
+        """Reserve for a request already in flight when the budget was set: it is billed
+        whether it fits or not, so its reservation is taken without waiting."""
+        amount = self._ceiling(request) or 0.0
+        self.budget.take(amount)
+        return amount
+
+    def _ceiling(self, request: Request) -> float | None:
+        """The most `request` can cost (its bytes as input tokens, plus max_tokens); None
+        when its model has no known price."""
+        price = price_of(request.model)
+        if price is None:
+            return None
+        max_tokens = request.params.get("max_tokens")
+        ceiling = max_tokens if isinstance(max_tokens, int) else 0
+        return price.cost(request.max_input_tokens(), ceiling)
 
     def release(self, held: object, outcome: AttemptOutcome) -> None:
         reserved = float(held)  # type: ignore[arg-type]

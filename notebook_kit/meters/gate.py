@@ -50,6 +50,10 @@ class StartGate:
         """Start nothing new for `seconds` (extends, never shortens, a running cool-down)."""
         self._closed_until = max(self._closed_until, self._clock.now() + seconds)
 
+    def closed(self) -> bool:
+        """Paused, or cooling down after a 429: a request now would start too early."""
+        return bool(self._reasons) or self._closed_until > self._clock.now()
+
     def cooling_for(self) -> float:
         return max(0.0, self._closed_until - self._clock.now())
 
