@@ -263,7 +263,7 @@ class Engine:
         while True:
             if self._stopping.is_set():
                 raise _Stopped
-            await self._hold_meters(row)
+            await row.hold(lambda: self._meters, self.gate.closed)
             try:
                 completion = await self._attempts.send(row)
             except CallError:
@@ -277,20 +277,6 @@ class Engine:
             if self._stopping.is_set():
                 raise _Stopped
             await self.clock.sleep(row.wait)
-
-    async def _hold_meters(self, row: Row) -> None:
-        """Every meter for the next attempt, in order (the first attempt holds the slot the
-        dispatcher took). A row that waited in a rate or budget meter while the gate closed
-        (a pause, a 429's cool-down) gives back all but its slot and waits at the gate
-        again; a budget set mid-run is taken by a row already on its way."""
-        while True:
-            for meter in self._meters:
-                if all(meter is not held for held, _ in row.held):
-                    row.held.append((meter, await meter.acquire(row.request)))
-            if self.gate.closed():
-                row.release(AttemptOutcome(row.request, sent=False), keep=1)
-            elif len(row.held) == len(self._meters):
-                return
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -54,6 +55,22 @@ class Row:
     spent: Spent = dataclasses.field(default_factory=lambda: Spent())  # by all its replies
     last_text: str | None = None  # under schema=: the last reply that did not fit
     finish: str | None = None  # and how it ended
+
+    async def hold(
+        self, meters: Callable[[], tuple[Meter, ...]], gate_closed: Callable[[], bool]
+    ) -> None:
+        """Every meter for the next attempt, in order (the first attempt holds the slot the
+        dispatcher took). A row that waited in a rate or budget meter while the gate closed
+        (a pause, a 429's cool-down) gives back all but its slot and waits at the gate
+        again; a meter added mid-run (a budget) is taken by a row already on its way."""
+        while True:
+            for meter in meters():
+                if all(meter is not held for held, _ in self.held):
+                    self.held.append((meter, await meter.acquire(self.request)))
+            if gate_closed():
+                self.release(AttemptOutcome(self.request, sent=False), keep=1)
+            elif len(self.held) == len(meters()):
+                return
 
     def release(self, outcome: AttemptOutcome, *, keep: int = 0) -> None:
         """Give back every meter held but the first `keep`, last acquired first."""
