@@ -33,6 +33,7 @@ class Attempts:
         retrier: Retrier,
         emit: Callable[[Event], None],
         since: float,
+        step: str | None = None,
     ) -> None:
         self._session = session
         self._timeout = timeout
@@ -40,6 +41,7 @@ class Attempts:
         self._retrier = retrier
         self._emit = emit
         self._since = since  # the run's start on the clock
+        self._step = step
 
     async def send(self, row: Row) -> Completion:
         """One request; on a failure `row.wait` says whether and when to try again."""
@@ -48,7 +50,7 @@ class Attempts:
         attempt = tries.sent
         row.in_flight = True
         start = self._clock.now() - self._since
-        self._emit(AttemptStarted(t=start, key=key, attempt=attempt))
+        self._emit(AttemptStarted(start, key, attempt, self._step))
         completion: Completion | None = None
         error: CallError | None = None
         outcome, row.wait, row.cost = "ok", None, None
@@ -89,6 +91,7 @@ class Attempts:
                     output_tokens=completion.output_tokens if completion else None,
                     cost_usd=row.cost,
                     wait_s=row.wait,
+                    step=self._step,
                 )
             )
 

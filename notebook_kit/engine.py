@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 from .attempt import Attempts
 from .cache import Cache
@@ -32,7 +32,7 @@ from .events import (
     StopRequested,
 )
 from .meters import AttemptOutcome, BudgetMeter, ConcurrencyMeter, Refused, StartGate
-from .meters.assembly import run_meters, with_budget
+from .meters.assembly import Shared, run_meters, with_budget
 from .providers.base import Provider
 from .reporting import RunStats, Snapshot
 from .retry import Retrier
@@ -40,6 +40,7 @@ from .rows import Row
 from .types import Completion, ErrorType, Request, RowResult
 
 log = logging.getLogger("notebook_kit")
+Item = Request | RowResult  # what a run is fed: a request, or a row's result already known
 
 
 class _Stopped(Exception):
@@ -57,14 +58,19 @@ class Engine:
         total: int,
         cache: Cache | None = None,
         clock: Clock | None = None,
+        step: str | None = None,
+        shared: Shared | None = None,
     ) -> None:
+        """`step` names a pipeline's step (stamped on row events); `shared` holds the
+        meters this run shares with a pipeline's other steps (gate, rates, budget)."""
         self.provider = provider
+        self.step = step
         self.config = config
         self.model = config.model  # rows without their own model use the current value
         self.clock = clock or LoopClock()
         self.events = EventBus()
         self._emit = self.events.emit
-        self.stats = RunStats(total=total)
+        self.stats = RunStats(total=total, step=step)
         self.stats.attach(self.events)
         self.results: dict[int, RowResult] = {}
         self.stop_reason: str | None = None
@@ -75,14 +81,19 @@ class Engine:
         self.concurrency = ConcurrencyMeter(
             limits.concurrency, adaptive=limits.adaptive, clock=self.clock, on_change=self._limit
         )
-        self.gate = StartGate(clock=self.clock, policy=policy)
-        self.budget = None if config.budget_usd is None else self._budget_meter(config.budget_usd)
+        if shared is not None:
+            self.gate, self.budget = shared.gate, shared.budget
+        else:
+            self.gate = StartGate(clock=self.clock, policy=policy)
+            budget = config.budget_usd
+            self.budget = None if budget is None else self._budget_meter(budget)
         self._meters = run_meters(  # replaced, never mutated: rows may be iterating it
             config,
             clock=self.clock,
             concurrency=self.concurrency,
             gate=self.gate,
             budget=self.budget,
+            rates=shared.rates if shared is not None else None,
         )
         self._retrier = Retrier(policy, self.clock)
         self._reuse = Reuse(
@@ -143,13 +154,17 @@ class Engine:
         """A new spending cap (what was billed so far counts); a job paused at the old cap
         goes on, unless the user paused it."""
         if self.budget is None:
-            budget = self.budget = self._budget_meter(usd, spent=self.stats.cost_usd)
-            self._meters = with_budget(self._meters, budget)
-            for row in self._rows.values():  # requests sent already count against it
-                if row.in_flight:
-                    row.held.append((budget, budget.hold(row.request)))
+            self.use_budget(self._budget_meter(usd, spent=self.stats.cost_usd))
         elif self.budget.raise_to(usd):
             self._emit(Resumed(t=self._now(), reason="budget"))
+
+    def use_budget(self, budget: BudgetMeter) -> None:
+        """A budget meter from now on; requests in flight reserve their share of it."""
+        self.budget = budget
+        self._meters = with_budget(self._meters, budget)
+        for row in self._rows.values():  # requests sent already count against it
+            if row.in_flight:
+                row.held.append((budget, budget.hold(row.request)))
 
     def stop(self, reason: str = "stopped by the user") -> None:
         """Cancel every row, in flight or not; finished rows are kept."""
@@ -159,10 +174,11 @@ class Engine:
 
     # -- the run -------------------------------------------------------------------------
 
-    async def run(self, items: Iterable[Request | RowResult]) -> None:
-        """Run every request; items that are already results (skips) are recorded as is."""
+    async def run(self, items: Iterable[Item] | AsyncIterator[Item]) -> None:
+        """Run every request; items that are already results (skips) are recorded as is.
+        Items may arrive asynchronously (a pipeline's step is fed as earlier steps finish)."""
         limit = self.concurrency.limit.total
-        self._emit(LimitChanged(t=0.0, limit=limit, target=limit))
+        self._emit(LimitChanged(t=0.0, limit=limit, target=limit, step=self.step))
         async with self.provider.session(timeout=self.config.timeout, clock=self.clock) as s:
             self._attempts = Attempts(
                 s,
@@ -171,8 +187,9 @@ class Engine:
                 retrier=self._retrier,
                 emit=self._emit,
                 since=self._t0,
+                step=self.step,
             )
-            remaining = iter(items)
+            remaining = items if isinstance(items, AsyncIterator) else iter(items)
             try:
                 await self._dispatch(remaining)
                 await self._drain()
@@ -189,37 +206,51 @@ class Engine:
         if self.run_error is not None:
             raise self.run_error
 
-    async def _dispatch(self, items: Iterator[Request | RowResult]) -> None:
+    async def _dispatch(self, items: Iterator[Item] | AsyncIterator[Item]) -> None:
+        if isinstance(items, AsyncIterator):
+            async for item in items:
+                if not await self._admit(item):
+                    break
+            return
         for item in items:
-            if isinstance(item, RowResult):
-                self._finish(item, "input")
-                continue
-            if self._stopping.is_set():
+            if not await self._admit(item):
                 break
-            if item.model is None:  # the model menu applies to rows not dispatched yet
-                item = Request(
-                    key=item.key,
-                    messages=item.messages,
-                    model=self.model,
-                    params=item.params,
-                    schema=item.schema,
-                )
-            print_ = self._reuse.lead(item)
-            if print_ is None:
-                continue
-            held = await self.concurrency.acquire(item)
-            if self._stopping.is_set():
-                self.concurrency.release(held, AttemptOutcome(item, sent=False))
-                self._reuse.abandon(print_)
-                break
-            row = Row(item, [(self.concurrency, held)])
-            task = asyncio.create_task(self._run_row(row, print_))
-            self._rows[task] = row
-            task.add_done_callback(self._row_done)
         self._record_skips(items)
 
-    def _record_skips(self, items: Iterator[Request | RowResult]) -> None:
-        """After a stop: record the remaining skips, leave the rest unrun."""
+    async def _admit(self, item: Item) -> bool:
+        """Record a result, or start a row once it has a slot; False once the run stops."""
+        if isinstance(item, RowResult):
+            self._finish(item, "input")
+            return True
+        if self._stopping.is_set():
+            return False
+        if item.model is None:  # the model menu applies to rows not dispatched yet
+            item = Request(
+                key=item.key,
+                messages=item.messages,
+                model=self.model,
+                params=item.params,
+                schema=item.schema,
+            )
+        print_ = self._reuse.lead(item)
+        if print_ is None:
+            return True
+        held = await self.concurrency.acquire(item)
+        if self._stopping.is_set():
+            self.concurrency.release(held, AttemptOutcome(item, sent=False))
+            self._reuse.abandon(print_)
+            return False
+        row = Row(item, [(self.concurrency, held)])
+        task = asyncio.create_task(self._run_row(row, print_))
+        self._rows[task] = row
+        task.add_done_callback(self._row_done)
+        return True
+
+    def _record_skips(self, items: Iterator[Item] | AsyncIterator[Item]) -> None:
+        """After a stop: record the remaining skips, leave the rest unrun (items still to
+        arrive from a pipeline's earlier step are not waited for)."""
+        if isinstance(items, AsyncIterator):
+            return
         for item in items:
             if isinstance(item, RowResult):
                 self._finish(item, "input")
@@ -236,7 +267,7 @@ class Engine:
     async def _run_row(self, row: Row, print_: str) -> None:
         request = row.request
         if self.events.wants(RowStarted):
-            self._emit(RowStarted(t=self._now(), key=request.key))
+            self._emit(RowStarted(t=self._now(), key=request.key, step=self.step))
         completion: Completion | None = None
         try:
             completion = await self._until_done(row)
@@ -311,11 +342,12 @@ class Engine:
                 task.cancel()
 
     def _limit(self, limit: int, target: int) -> None:
-        self._emit(LimitChanged(t=self._now(), limit=limit, target=target))
+        self._emit(LimitChanged(t=self._now(), limit=limit, target=target, step=self.step))
 
     def _finish(self, result: RowResult, source: Source) -> None:
         self.results[result.key] = result
-        self._emit(RowFinished(t=self._now(), key=result.key, source=source, result=result))
+        event = RowFinished(self._now(), result.key, result, self.step, source)
+        self._emit(event)
 
     def _now(self) -> float:
         return self.clock.now() - self._t0

@@ -72,6 +72,7 @@ class RunStats:
     """Counters kept from a run's events."""
 
     total: int
+    step: str | None = None  # the rows counted: this step's (None: whole rows)
     ok: int = 0
     error: int = 0
     cancelled: int = 0
@@ -136,6 +137,10 @@ class RunStats:
             self.waiting.add((event.step, event.key))
 
     def _row_finished(self, event: RowFinished) -> None:
+        if self.waiting:
+            self.waiting.discard((event.step, event.key))
+        if event.step != self.step:  # a pipeline's step finished; the row goes on
+            return
         status = event.result.status
         if status is RowStatus.OK:
             self.ok += 1
@@ -152,8 +157,6 @@ class RunStats:
             answered.append(event.t)
             while answered[0] <= event.t - RECENT_S:
                 answered.popleft()
-        if self.waiting:
-            self.waiting.discard((event.step, event.key))
 
     def _run_finished(self, event: RunFinished) -> None:
         self.cancelled += self.total - self.done  # rows never started

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..clock import Clock
 from ..config import RunConfig
 from .base import Meter
@@ -18,15 +20,14 @@ def run_meters(
     concurrency: ConcurrencyMeter,
     gate: StartGate,
     budget: BudgetMeter | None,
+    rates: tuple[RateMeter, ...] | None = None,
 ) -> tuple[Meter, ...]:
     """Concurrency first (the dispatcher takes the first attempt's slot), then the gate,
-    rpm, tpm and the budget; header pacing last, as it counts the starts."""
+    rpm, tpm (`rates`, when an endpoint's meters are shared) and the budget; header
+    pacing last, as it counts the starts."""
     limits = config.limits
     meters: list[Meter] = [concurrency, gate]
-    if limits.rpm:
-        meters.append(RateMeter(limits.rpm * limits.headroom, clock=clock))
-    if limits.tpm:
-        meters.append(RateMeter.tokens(limits.tpm * limits.headroom, clock=clock))
+    meters += rate_meters(config, clock) if rates is None else rates
     if budget is not None:
         meters.append(budget)
     if not limits.rpm:  # the user's rpm paces this run; the headers would only add caution
@@ -40,3 +41,24 @@ def with_budget(meters: tuple[Meter, ...], budget: BudgetMeter) -> tuple[Meter, 
     pacing = [m for m in meters if isinstance(m, HeaderPacing)]
     others = [m for m in meters if not isinstance(m, HeaderPacing)]
     return (*others, budget, *pacing)
+
+
+def rate_meters(config: RunConfig, clock: Clock) -> tuple[RateMeter, ...]:
+    """The rpm and tpm meters `config` asks for."""
+    limits = config.limits
+    meters = []
+    if limits.rpm:
+        meters.append(RateMeter(limits.rpm * limits.headroom, clock=clock))
+    if limits.tpm:
+        meters.append(RateMeter.tokens(limits.tpm * limits.headroom, clock=clock))
+    return tuple(meters)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """The meters a pipeline's step shares with the other steps: the start gate (pause,
+    429 cool-downs), its endpoint's rpm/tpm meters and the pipeline's budget."""
+
+    gate: StartGate
+    rates: tuple[RateMeter, ...] = ()
+    budget: BudgetMeter | None = None
