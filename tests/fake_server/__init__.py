@@ -22,6 +22,20 @@ quota, rate limits (429), then one fault: a directive's, else a random one.
 after the latency; hangs never answer. A request is in flight from arrival
 until its response is written or its connection is gone.
 
+Latency: fixed (``latency``) or lognormal (``latency_median``, ``latency_sigma``;
+drawn from the server's one seeded generator). ``model_latency`` gives some models
+their own, by the request's ``model``: ``{"draft": {"median": 0.9, "sigma": 0.5},
+"fast": {"latency": 0.1}}`` (``--model-latency JSON`` on the command line); other
+models use the global settings, and a ``[[latency=...]]`` directive beats both.
+``stats()["latencies"]`` records each latency drawn, in the order drawn.
+
+Per model, by the body's ``model`` field (a body that is not a JSON object counts in
+no model's): ``stats()["requests_by_model"]`` (requests received, rejected ones too),
+``["in_flight_by_model"]`` (in flight now; models with none are left out) and
+``["peak_in_flight_by_model"]`` (the most of that model in flight at once), with the
+same in-flight span as ``in_flight`` and ``peak_in_flight`` (which count every model).
+A reset starts each peak again from what is in flight then.
+
 Directives: ``[[...]]`` blocks in the last user message override random faults
 for that prompt, e.g. ``[[status=500 times=2]]`` (fail the first two attempts
 of this prompt), ``[[429 retry_after=1.5]]``, ``[[quota]]``, ``[[reset]]``,

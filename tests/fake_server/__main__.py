@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import sys
 import threading
@@ -17,6 +18,17 @@ from .settings import RANDOM_FAULTS
 DESCRIPTION = "Fake OpenAI- and Anthropic-compatible HTTP server for tests and benchmarks."
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    """A JSON object given on the command line."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text}")
+    return value
+
+
 def _parse_args(argv: Sequence[str] | None) -> tuple[int, dict[str, Any]]:
     """The port and the settings given on the command line."""
     parser = argparse.ArgumentParser(prog="python -m fake_server", description=DESCRIPTION)
@@ -28,6 +40,13 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[int, dict[str, Any]]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     parser.add_argument("--api-key")
     parser.add_argument("--models", type=lambda names: names.split(","), help="comma-separated")
+    parser.add_argument(
+        "--model-latency",
+        type=_json_object,
+        metavar="JSON",
+        help='per-model latency, e.g. \'{"draft": {"median": 0.9, "sigma": 0.5}, '
+        '"fast": {"latency": 0.1}}\'',
+    )
     parser.add_argument("--quota-exhausted", action="store_true", default=None)
     parser.add_argument("--no-usage", dest="usage", action="store_false", default=None)
     parser.add_argument(

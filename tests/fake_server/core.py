@@ -54,7 +54,13 @@ class Core:
         """Clear the stats, the per-prompt attempt counts and the rate-limit windows."""
         with self._lock:
             in_flight = self._stats.in_flight
-            self._stats = Stats(in_flight=in_flight, peak_in_flight=in_flight)
+            by_model = dict(self._stats.in_flight_by_model)
+            self._stats = Stats(
+                in_flight=in_flight,
+                peak_in_flight=in_flight,
+                in_flight_by_model=by_model,
+                peak_in_flight_by_model=dict(by_model),
+            )
             self._requests = Window()
             self._tokens = Window()
 
@@ -63,9 +69,14 @@ class Core:
     async def handle(self, api: Api, request: web.Request) -> web.StreamResponse:
         """Answer a chat request; it is in flight until written or cancelled."""
         raw = await request.read()
-        arrival = self._enter()
         try:
-            response = await self._respond(request, api, raw, arrival)
+            body: Any = json.loads(raw)
+        except ValueError as exc:  # answered with a 400 by _respond
+            body = exc
+        model = str(body.get("model", "")) if isinstance(body, dict) else None
+        arrival = self._enter(model)
+        try:
+            response = await self._respond(request, api, body, arrival)
             with contextlib.suppress(ConnectionError):  # client gone or connection reset
                 await response.prepare(request)
                 await response.write_eof()
@@ -75,14 +86,15 @@ class Core:
                 self._stats.disconnects += 1
             raise
         finally:
-            self._leave()
+            self._leave(model)
 
     async def _respond(
-        self, request: web.Request, api: Api, raw: bytes, arrival: float
+        self, request: web.Request, api: Api, body: Any, arrival: float
     ) -> web.Response:
         rid = next(self._ids)
         try:
-            body = json.loads(raw)
+            if isinstance(body, ValueError):  # the body is not JSON
+                raise body
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
                 raise ValueError("the body must be a JSON object with a 'messages' list")
             chat = ChatRequest.parse(body, api_key(request))
@@ -119,7 +131,7 @@ class Core:
             with self._lock:
                 self._stats.hangs += 1
             await asyncio.Event().wait()  # until aiohttp cancels us on disconnect
-        await self._sleep(settings, directive)
+        await self._sleep(settings, directive, chat.model)
         if fault == "reset":
             with self._lock:
                 self._stats.resets += 1
@@ -180,11 +192,18 @@ class Core:
                 return fault
         return None
 
-    async def _sleep(self, settings: Settings, directive: Directive | None) -> None:
-        """Wait out the request's latency, recording it."""
+    async def _sleep(self, settings: Settings, directive: Directive | None, model: str) -> None:
+        """Wait out the request's latency, recording it: the directive's, else the model's
+        in `model_latency`, else the global one."""
+        per_model = (settings.model_latency or {}).get(model)
         with self._lock:
             if directive is not None and directive.latency is not None:
                 latency = directive.latency
+            elif per_model is not None and "latency" in per_model:
+                latency = per_model["latency"]
+            elif per_model is not None:
+                mu = math.log(per_model["median"])
+                latency = self._rng.lognormvariate(mu, per_model["sigma"])
             elif settings.latency_median is not None:
                 mu = math.log(settings.latency_median)
                 latency = self._rng.lognormvariate(mu, settings.latency_sigma)
@@ -264,8 +283,9 @@ class Core:
 
     # -- in-flight accounting --------------------------------------------------
 
-    def _enter(self) -> float:
-        """Count an arriving request; returns its arrival time."""
+    def _enter(self, model: str | None) -> float:
+        """Count an arriving request (of `model`, None: its body names none); returns its
+        arrival time."""
         now = time.monotonic()
         with self._lock:
             stats = self._stats
@@ -274,12 +294,25 @@ class Core:
             stats.in_flight += 1
             stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
             stats.in_flight_samples.append([now, stats.in_flight])
+            if model is not None:
+                stats.requests_by_model[model] = stats.requests_by_model.get(model, 0) + 1
+                level = stats.in_flight_by_model.get(model, 0) + 1
+                stats.in_flight_by_model[model] = level
+                peak = stats.peak_in_flight_by_model.get(model, 0)
+                stats.peak_in_flight_by_model[model] = max(peak, level)
         return now
 
-    def _leave(self) -> None:
+    def _leave(self, model: str | None) -> None:
         with self._lock:
-            self._stats.in_flight -= 1
-            self._stats.in_flight_samples.append([time.monotonic(), self._stats.in_flight])
+            stats = self._stats
+            stats.in_flight -= 1
+            stats.in_flight_samples.append([time.monotonic(), stats.in_flight])
+            if model is not None:
+                level = stats.in_flight_by_model.get(model, 0) - 1
+                if level > 0:
+                    stats.in_flight_by_model[model] = level
+                else:
+                    stats.in_flight_by_model.pop(model, None)
 
 
 def _fault_error(api: Api, fault: Fault | None, retry_after: float) -> ApiError | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -36,6 +37,9 @@ class Settings:
     latency: float = 0.0
     latency_median: float | None = None  # lognormal latency when set
     latency_sigma: float = 0.0
+    # per model: {"median": m, "sigma": s} (lognormal) or {"latency": t} (fixed); the
+    # models not in it use the settings above, a [[latency=...]] directive beats both
+    model_latency: dict[str, dict[str, float]] | None = None
     seed: int | None = None
     rate_429: float = 0.0
     retry_after: float = 1.0
@@ -67,12 +71,44 @@ class Settings:
             raise ValueError("latency, latency_sigma and retry_after must be >= 0, rate_window > 0")
         if self.latency_median is not None and self.latency_median <= 0:
             raise ValueError("latency_median must be > 0")
+        if self.model_latency is not None:
+            object.__setattr__(self, "model_latency", _checked_model_latency(self.model_latency))
 
     def to_json(self) -> dict[str, Any]:
         """The settings as a JSON-compatible dict."""
         data = dataclasses.asdict(self)
         data["models"] = None if self.models is None else sorted(self.models)
         return data
+
+
+MODEL_LATENCY_FORMS = ({"median", "sigma"}, {"latency"})
+
+
+def _checked_model_latency(table: Any) -> dict[str, dict[str, float]]:
+    """A copy of a `model_latency` setting, its numbers as floats; ValueError if malformed."""
+    forms = "{'median': m, 'sigma': s} (lognormal) or {'latency': t} (fixed)"
+    if not isinstance(table, dict):
+        raise ValueError(f"model_latency must map model names to {forms}, not {table!r}")
+    checked: dict[str, dict[str, float]] = {}
+    for model, spec in table.items():
+        where = f"model_latency[{model!r}]"
+        if not isinstance(model, str):
+            raise ValueError(f"model_latency keys must be model names (str), not {model!r}")
+        if not isinstance(spec, dict) or set(spec) not in MODEL_LATENCY_FORMS:
+            raise ValueError(f"{where} must be {forms}, not {spec!r}")
+        values: dict[str, float] = {}
+        for key, value in spec.items():
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not math.isfinite(value):
+                raise ValueError(f"{where}[{key!r}] must be a finite number, not {value!r}")
+            values[key] = float(value)
+        if values.get("median", 1.0) <= 0:
+            raise ValueError(f"{where}['median'] must be > 0, not {values['median']!r}")
+        for key in ("sigma", "latency"):
+            if values.get(key, 0.0) < 0:
+                raise ValueError(f"{where}[{key!r}] must be >= 0, not {values[key]!r}")
+        checked[model] = values
+    return checked
 
 
 @dataclass(frozen=True)

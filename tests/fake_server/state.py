@@ -48,6 +48,10 @@ class Stats:
     in_flight: int = 0
     peak_in_flight: int = 0
     in_flight_samples: list[list[float]] = field(default_factory=list)  # [t, level]
+    # by the body's "model" (a body that is not a JSON object counts in no model's):
+    requests_by_model: dict[str, int] = field(default_factory=dict)  # arrivals
+    in_flight_by_model: dict[str, int] = field(default_factory=dict)  # now (no zeros)
+    peak_in_flight_by_model: dict[str, int] = field(default_factory=dict)
     attempts_by_prompt: dict[str, int] = field(default_factory=dict)
     arrivals: list[float] = field(default_factory=list)  # time.monotonic()
     keys_seen: set[str] = field(default_factory=set)
