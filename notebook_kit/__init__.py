@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
         retry_failed as retry_failed,
         run_df as run_df,
         run_df_sync as run_df_sync,
+        run_pipeline as run_pipeline,
+        run_pipeline_sync as run_pipeline_sync,
         start as start,
     )
     from .cache import (
@@ -50,6 +52,9 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
     from .options import (
         RunOptions as RunOptions,
     )
+    from .pipeline_job import (
+        PipelineJob as PipelineJob,
+    )
     from .pricing import (
         set_price as set_price,
     )
@@ -70,6 +75,9 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
     from .session import (
         SessionDefaults as SessionDefaults,
         defaults as defaults,
+    )
+    from .steps import (
+        Step as Step,
     )
     from .structured import (
         expand as expand,
@@ -98,6 +106,7 @@ _HOMES = {
     "ModelNotFoundError": "errors",
     "NotebookKitError": "errors",
     "OpenAIProvider": "providers",
+    "PipelineJob": "pipeline_job",
     "Provider": "providers",
     "QuotaError": "errors",
     "RetryPolicy": "config",
@@ -108,6 +117,7 @@ _HOMES = {
     "RunReport": "reporting",
     "SessionDefaults": "session",
     "Snapshot": "reporting",
+    "Step": "steps",
     "cache_info": "api",
     "clear_cache": "api",
     "controls": "api",
@@ -123,6 +133,8 @@ _HOMES = {
     "retry_failed": "api",
     "run_df": "api",
     "run_df_sync": "api",
+    "run_pipeline": "api",
+    "run_pipeline_sync": "api",
     "set_price": "pricing",
     "start": "api",
 }

@@ -18,7 +18,7 @@ from . import frame as frames, history
 from .cache import Cache
 from .config import RunConfig
 from .errors import ConfigError, RunError
-from .job import Job
+from .job import FrameJob, Job
 from .kernel import cell_id, controls_live_while_awaiting, display_in_cell, in_notebook
 from .loops import run_blocking
 from .options import (
@@ -30,14 +30,16 @@ from .options import (
     run_config,
     shows_run_options,
 )
-from .preflight import estimate_run
+from .pipeline_job import PipelineJob, merge as merge_steps, new_job, resume_job
+from .preflight import estimate_pipeline, estimate_run
 from .progress import ProgressBar
 from .providers import DEMO_NOTICE, resolve
 from .registry import remember, stop_the_cells_earlier_job, told_in_one_line
 from .reporting import RunReport
-from .rerun import failed_rows, merged, rerun_job
+from .rerun import failed_rows, merged, rerun_job, run_totals
 from .session import defaults
-from .ui import DefaultsPanel, Panel
+from .steps import Step
+from .ui import DefaultsPanel, Panel, PipelinePanel
 
 AWAIT_HINT = (
     "This kernel (ipykernel < 7) applies control changes only after this cell ends; "
@@ -72,10 +74,45 @@ async def run_df(
 
 
 @shows_run_options
+async def run_pipeline(
+    data: pd.DataFrame, steps: Sequence[Step], **options: Unpack[RunOptions]
+) -> pd.DataFrame:
+    """Run every row through `steps` (a list of `kit.Step`): each step has its own
+    concurrency, model and limits, and a row moves to its next step the moment its
+    previous one ends. Options here apply to the whole pipeline (cache, budget_usd,
+    progress, limit) and are every step's defaults (provider, model, max_tokens, ...).
+    Returns one row per input row: each step's output and status columns, and the row's
+    `status`, `error`, `error_type`, `failed_step` and total `cost_usd`. Re-run failed
+    rows from the step that failed with `await retry_failed(result)`.
+    """
+    job = new_job(data, steps, options, entry="run_pipeline")
+    hint = None if controls_live_while_awaiting() else AWAIT_HINT
+    _attach_display(job, hint=hint)
+    with told_in_one_line(job):
+        return await job.run()
+
+
+@shows_run_options
+def run_pipeline_sync(
+    data: pd.DataFrame,
+    steps: Sequence[Step],
+    *,
+    use_nest_asyncio: bool = False,
+    **options: Unpack[RunOptions],
+) -> pd.DataFrame:
+    """`run_pipeline` for scripts and for notebooks without `await` (see `run_df_sync`)."""
+    job = new_job(data, steps, options, entry="run_pipeline_sync")
+    _attach_display(job, hint=BLOCKING_HINT)
+    with told_in_one_line(job):
+        return run_blocking(job.run(), use_nest_asyncio=use_nest_asyncio)
+
+
+@shows_run_options
 def start(
     data: pd.DataFrame | pd.Series,
     prompt: str | None = None,
     *,
+    steps: Sequence[Step] | None = None,
     panel: bool | None = None,
     models: Sequence[str] = (),
     **options: Unpack[RunOptions],
@@ -95,7 +132,13 @@ def start(
             "kit.start needs a running event loop, as in a Jupyter cell; "
             "in a script use kit.run_df_sync(...) or await kit.run_df(...)"
         ) from None
-    job = _job(data, prompt, options, entry="start", pause_at_budget=True)
+    job: Job
+    if steps is not None:
+        if prompt is not None or not isinstance(data, pd.DataFrame):
+            raise ConfigError("with steps=..., pass only the DataFrame: the steps say what to send")
+        job = new_job(data, steps, options, entry="start", pause_at_budget=True)
+    else:
+        job = _job(data, prompt, options, entry="start", pause_at_budget=True)
     job.cell = cell_id()
     _attach_display(job, panel=panel, models=models, hint=stop_the_cells_earlier_job(job))
     job.task = loop.create_task(job.run(), name=f"notebook_kit-{job.report.run_id}")
@@ -129,12 +172,15 @@ async def retry_failed(
     *,
     only: Iterable[str] | None = None,
     prompt: str | None = None,
+    steps: Sequence[Step] | None = None,
     **options: Unpack[RunOptions],
 ) -> pd.DataFrame:
     """Re-run the rows whose status is not `ok` (or only those with the given error types).
 
     Same settings as the run that made `result`, unless overridden (e.g. `concurrency=2`).
-    Returns the whole frame with those rows replaced; `attempts` adds up.
+    Returns the whole frame with those rows replaced; `attempts` adds up. A pipeline's
+    rows resume at the step that failed: earlier outputs are reused, not re-paid (in
+    another process, pass `steps=` again).
     """
     meta = result.attrs.get(frames.META_KEY)
     if not isinstance(meta, dict):
@@ -145,6 +191,10 @@ async def retry_failed(
     positions = failed_rows(result, only)
     if len(positions) == 0:
         return result.copy()
+    if meta.get("pipeline") is not None:
+        return await _retry_steps(result, positions, meta, steps, options)
+    if steps is not None:
+        raise ConfigError("steps= is for a pipeline's frame; this frame was made by run_df")
     job = rerun_job(result.iloc[positions], meta, prompt, options)
     _attach_display(job)
     try:
@@ -161,7 +211,7 @@ async def retry_failed(
 @shows_run_options
 def estimate(
     data: pd.DataFrame | pd.Series,
-    prompt: str | None = None,
+    prompt: str | Sequence[Step] | None = None,
     *,
     latency: float = 1.0,
     output_tokens: int | None = None,
@@ -171,7 +221,17 @@ def estimate(
 
     `latency` is the assumed seconds per request; `output_tokens` the expected reply length
     (default: half of max_tokens, or 150). Rows the cache already holds cost nothing.
+    With a list of steps, one line per step and the total (`estimate(df, steps)`).
     """
+    if not isinstance(prompt, str | None):
+        job = new_job(data, prompt, options, entry="estimate")  # type: ignore[arg-type]
+        return estimate_pipeline(
+            job.plan.frame,
+            job.plan.stages,
+            latency=latency,
+            output_tokens=output_tokens,
+            cache=job.cache,
+        )
     settled = checked(options, entry="estimate")
     provider, _ = chosen_provider(settled)
     config = run_config(settled, provider)
@@ -246,7 +306,7 @@ def _job(
     plan = frames.plan(data, prompt, **inputs(options), schema_fields=_fields(config))
     if is_fallback:
         print(DEMO_NOTICE)
-    return Job(
+    return FrameJob(
         plan,
         provider,
         config,
@@ -264,11 +324,54 @@ def _attach_display(
 ) -> None:
     """The job's panel (in a notebook, shown in the calling cell now) or its text bar."""
     if panel or (panel is None and job.progress and in_notebook()):
-        job.panel = job.display = Panel(job, models=models, hint=hint)
+        if isinstance(job, FrameJob):
+            job.panel = job.display = Panel(job, models=models, hint=hint)
+        else:
+            assert isinstance(job, PipelineJob)
+            job.panel = job.display = PipelinePanel(job, hint=hint)
         display_in_cell(job.panel)
     elif job.progress:
         job.display = ProgressBar(job.snapshot)
     remember(job)
+
+
+async def _retry_steps(
+    result: pd.DataFrame,
+    positions: Any,
+    meta: dict[str, Any],
+    steps: Sequence[Step] | None,
+    options: Mapping[str, Any],
+) -> pd.DataFrame:
+    """A pipeline's failed rows again, each from the step it failed at."""
+    job, starts = resume_job(result, positions, meta, steps, options)
+    _attach_display(job)
+
+    def merged(rerun: pd.DataFrame) -> pd.DataFrame:
+        frame = merge_steps(result, positions, starts, rerun, job.plan.stages)
+        latest = rerun.attrs[frames.META_KEY]
+        counts = frame["status"].value_counts()
+        frame.attrs[frames.META_KEY] = {
+            **meta,
+            **latest,
+            **run_totals(meta, latest),  # the whole frame's: both runs together
+            "started_at": meta.get("started_at"),
+            "counts": {str(k): int(v) for k, v in counts.items()},
+            "retried_rows": len(positions),
+            "retried_from": meta.get("run_id"),
+        }
+        history.set_last(frame)
+        return frame
+
+    try:
+        with told_in_one_line(job):
+            rerun = await job.run()
+    except (asyncio.CancelledError, RunError) as exc:
+        if job.result is not None:
+            partial = merged(job.result)
+            if isinstance(exc, RunError):
+                exc.partial = partial
+        raise
+    return merged(rerun)
 
 
 def _report_failure(task: asyncio.Task[pd.DataFrame]) -> None:

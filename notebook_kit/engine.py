@@ -129,15 +129,16 @@ class Engine:
             reserved_usd=budget.reserved if budget else 0.0,
             elapsed_s=elapsed,
             stop_reason=self.stop_reason,
+            step=self.step,
         )
 
     # -- control (call from the run's loop) ----------------------------------------------
 
-    def set_concurrency(self, value: int) -> None:
-        """The user's limit; the adaptive limit works below it."""
+    def set_concurrency(self, value: int, step: str | None = None) -> None:
+        """The user's limit; the adaptive limit works below it (`step`: this run's)."""
         self.concurrency.set_target(value)
 
-    def set_model(self, model: str) -> None:
+    def set_model(self, model: str, step: str | None = None) -> None:
         """The model of rows not dispatched yet (rows with their own model keep it)."""
         self.model = model
 
@@ -165,6 +166,10 @@ class Engine:
         for row in self._rows.values():  # requests sent already count against it
             if row.in_flight:
                 row.held.append((budget, budget.hold(row.request)))
+
+    def halt(self, reason: str) -> None:
+        """Start nothing new; requests in flight finish (a pipeline's other step failed)."""
+        self._begin_stop(reason)
 
     def stop(self, reason: str = "stopped by the user") -> None:
         """Cancel every row, in flight or not; finished rows are kept."""

@@ -24,7 +24,8 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from .types import RowResult
 
-Source = Literal["call", "cache", "dedupe", "input"]  # where a row's answer came from
+# where a row's answer came from ("function": a pipeline step's fn=)
+Source = Literal["call", "cache", "dedupe", "input", "function"]
 log = logging.getLogger("notebook_kit")
 
 

@@ -240,15 +240,16 @@ def result_columns(
     n: int,
     results: Mapping[int, RowResult],
     *,
-    unfinished: RowStatus,
+    unfinished: RowStatus | None,
     reason: str | None = None,
+    names: tuple[str, ...] = ("text", *STATUS_COLUMNS),
 ) -> dict[str, Any]:
-    """Column arrays (position-aligned) for `n` rows from results keyed by position."""
-    names = ("text", *STATUS_COLUMNS)
+    """Column arrays (position-aligned) for `n` rows from results keyed by position; rows
+    without a result are `unfinished` (None: left NA)."""
     values: dict[str, list[Any]] = {name: [None] * n for name in names}
     status = values["status"]
     for key in range(n):
-        status[key] = unfinished.value
+        status[key] = unfinished.value if unfinished is not None else None
     if unfinished is RowStatus.CANCELLED:
         values["error"] = [reason or "not run"] * n
         values["error_type"] = [ErrorType.CANCELLED.value] * n

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .config import RunConfig
     from .providers.base import Provider
     from .reporting import RunReport
+    from .steps import Stage
 
 KEEP = 32  # runs remembered for `report()` and `retry_failed()`
 
@@ -28,11 +29,18 @@ class RunRecord:
     config: RunConfig
 
 
-_runs: OrderedDict[str, RunRecord] = OrderedDict()
+@dataclass(frozen=True)
+class PipelineRecord:
+    report: RunReport
+    stages: list[Stage]  # settled: providers (with their keys) and configs
+    options: dict[str, Any]  # the pipeline's own options (cache, budget_usd, ...)
+
+
+_runs: OrderedDict[str, RunRecord | PipelineRecord] = OrderedDict()
 _last_frame: list[pd.DataFrame] = []
 
 
-def remember(record: RunRecord, frame: pd.DataFrame) -> None:
+def remember(record: RunRecord | PipelineRecord, frame: pd.DataFrame) -> None:
     _runs[record.report.run_id] = record
     while len(_runs) > KEEP:
         _runs.popitem(last=False)
@@ -43,7 +51,7 @@ def set_last(frame: pd.DataFrame) -> None:
     _last_frame[:] = [frame]
 
 
-def lookup(run_id: str | None) -> RunRecord | None:
+def lookup(run_id: str | None) -> RunRecord | PipelineRecord | None:
     return _runs.get(run_id) if run_id else None
 
 
@@ -51,7 +59,7 @@ def last_frame() -> pd.DataFrame | None:
     return _last_frame[0] if _last_frame else None
 
 
-def last_record() -> RunRecord | None:
+def last_record() -> RunRecord | PipelineRecord | None:
     return next(reversed(_runs.values()), None)
 
 

@@ -1,7 +1,10 @@
-"""One run over a frame: wires plan and engine, takes controls, builds the frames.
+"""One run over a frame: wires plan and scheduler, takes controls, builds the frames.
 
-Displays are handed in (`job.display`, set by the public functions): the job knows only
-that a display is an async context manager around the run. Displays read `snapshot()`.
+`Job` is what every run shares (the loop, controls from any thread, the display, the
+final frame); `FrameJob` runs one request per row through an `Engine`, and
+`pipeline_job.PipelineJob` runs rows through steps. Displays are handed in
+(`job.display`, set by the public functions): the job knows only that a display is an
+async context manager around the run. Displays read `snapshot()`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Generator
 from contextlib import AbstractAsyncContextManager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -26,8 +29,8 @@ from .cache import Cache
 from .clock import Clock
 from .config import RunConfig, check_budget, whole
 from .engine import Engine
-from .errors import RunError
-from .events import Event
+from .errors import ConfigError, RunError
+from .events import Event, EventBus
 from .pricing import prices_as_of
 from .providers.base import Provider
 from .reporting import RunReport, Snapshot
@@ -36,8 +39,32 @@ from .types import RowStatus
 Display = AbstractAsyncContextManager[object]
 
 
+class Scheduler(Protocol):
+    """What a job drives: an `Engine`, or a `Pipeline` of them."""
+
+    stop_reason: str | None
+    events: EventBus
+
+    @property
+    def state(self) -> str: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+    def set_concurrency(self, value: int, step: str | None = None) -> None: ...
+
+    def set_model(self, model: str, step: str | None = None) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def set_budget(self, usd: float) -> None: ...
+
+    def stop(self, reason: str = ...) -> None: ...
+
+
 class Job:
-    """A run of `plan` on `provider`: its live frame, its controls, and its final frame.
+    """A run over a frame: its live frame, its controls, and its final frame.
 
     `await job.run()` runs it in the calling task (an interrupt stops it). `kit.start`
     runs it as a background task instead; then `await job` waits for the final frame, and
@@ -48,21 +75,17 @@ class Job:
 
     def __init__(
         self,
-        plan: frames.Plan,
-        provider: Provider,
-        config: RunConfig,
+        frame: pd.DataFrame,
         *,
         cache: Cache | None = None,
         progress: bool = True,
         clock: Clock | None = None,
     ) -> None:
-        self.plan = plan
+        self.frame = frame  # the user's rows
         self.cache = cache
-        self.provider = provider
-        self.config = config
         self.progress = progress
         self.report = RunReport(run_id=uuid.uuid4().hex[:12])
-        self.engine: Engine | None = None
+        self.engine: Scheduler | None = None
         self.result: pd.DataFrame | None = None
         self.display: Display | None = None  # entered around the run
         self.panel: Any = None  # the job's ipywidgets panel, when one is shown
@@ -70,7 +93,7 @@ class Job:
         self.task: asyncio.Task[pd.DataFrame] | None = None
         self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: deque[Callable[[Engine], None]] = deque()  # controls before the start
+        self._pending: deque[Callable[[Scheduler], None]] = deque()  # controls before the start
         self._starting = threading.Lock()  # a control sent while run() starts is not lost
         self._failed = False
         self._subscribers: list[Callable[[Event], None]] = []
@@ -98,9 +121,7 @@ class Job:
         """The frame so far: finished rows filled in, the others `pending`."""
         if self.result is not None:
             return self.result
-        results = self.engine.results if self.engine else {}
-        schema = self.config.schema
-        return frames.build(self.plan, dict(results), unfinished=RowStatus.PENDING, schema=schema)
+        return self._frame(self.engine, unfinished=RowStatus.PENDING)
 
     @property
     def running(self) -> bool:
@@ -121,11 +142,7 @@ class Job:
 
     def snapshot(self) -> Snapshot:
         """The run's counters, limits and state now (immutable)."""
-        if self.engine is None:
-            limit = self.config.limits.concurrency
-            snap = Snapshot(state="queued", total=len(self.plan.frame), limit=limit, target=limit)
-        else:
-            snap = self.engine.snapshot()
+        snap = self._queued() if self.engine is None else self.engine.snapshot()
         state = self.state
         return snap if snap.state == state else dataclasses.replace(snap, state=state)
 
@@ -138,15 +155,19 @@ class Job:
 
     # -- controls (any thread) -----------------------------------------------------------
 
-    def set_concurrency(self, value: int) -> None:
-        """Requests in flight at most, from now on (in-flight requests are not interrupted).
-        `ConfigError` for anything but a whole number >= 1; the limit is then unchanged."""
+    def set_concurrency(self, value: int, *, step: str | None = None) -> None:
+        """Requests in flight at most, from now on (in-flight requests are not interrupted);
+        in a pipeline, of the model step named `step`. `ConfigError` for anything but a
+        whole number >= 1 or an unknown step; the limit is then unchanged."""
         value = whole("concurrency", value, minimum=1)
-        self._control(lambda engine: engine.set_concurrency(value))
+        self._check_step(step)
+        self._control(lambda engine: engine.set_concurrency(value, step))
 
-    def set_model(self, model: str) -> None:
-        """The model for rows not started yet (rows with their own model keep it)."""
-        self._control(lambda engine: engine.set_model(model))
+    def set_model(self, model: str, *, step: str | None = None) -> None:
+        """The model for rows not started yet (rows with their own model keep it); in a
+        pipeline, of the model step named `step`."""
+        self._check_step(step)
+        self._control(lambda engine: engine.set_model(model, step))
 
     def pause(self) -> None:
         """Start nothing new; requests in flight finish."""
@@ -158,7 +179,7 @@ class Job:
     def set_budget(self, usd: float) -> None:
         """A new spending cap in USD (what was billed so far counts); a job paused at the
         old cap goes on. Needs max_tokens and a known price, as `budget_usd=` does."""
-        check_budget(dataclasses.replace(self.config, budget_usd=float(usd)))
+        self._check_budget(float(usd))
         usd = float(usd)
         self._control(lambda engine: engine.set_budget(usd))
 
@@ -166,7 +187,7 @@ class Job:
         """Stop: cancel requests in flight; the final frame keeps every finished row."""
         self._control(lambda engine: engine.stop())
 
-    def _control(self, change: Callable[[Engine], None]) -> None:
+    def _control(self, change: Callable[[Scheduler], None]) -> None:
         with self._starting:
             loop = self._loop
             if loop is None:
@@ -175,7 +196,7 @@ class Job:
         if not loop.is_closed():
             loop.call_soon_threadsafe(self._apply, change)
 
-    def _apply(self, change: Callable[[Engine], None]) -> None:
+    def _apply(self, change: Callable[[Scheduler], None]) -> None:
         if self.engine is not None and self.result is None:
             change(self.engine)
 
@@ -183,13 +204,7 @@ class Job:
 
     async def run(self) -> pd.DataFrame:
         started = time.time()
-        engine = Engine(
-            self.provider,
-            self.config,
-            total=len(self.plan.frame),
-            cache=self.cache,
-            clock=self._clock,
-        )
+        engine = self._scheduler()
         self.report.attach(engine.events)
         with self._starting:
             for handler in self._subscribers:
@@ -200,7 +215,7 @@ class Job:
                 self._pending.popleft()(engine)
         async with self.display or contextlib.nullcontext():
             try:
-                await engine.run(self.plan.requests(self.config.params, self.config.schema))
+                await self._execute(engine)
             except BaseException as exc:  # interrupted, a run error, or a bug: keep what is done
                 result = self._finish(engine, started)
                 if not isinstance(exc, asyncio.CancelledError):
@@ -210,25 +225,57 @@ class Job:
                 raise
             return self._finish(engine, started)
 
-    def _finish(self, engine: Engine, started: float) -> pd.DataFrame:
-        schema = self.config.schema
-        result = frames.build(self.plan, engine.results, reason=engine.stop_reason, schema=schema)
-        result.attrs[frames.META_KEY] = self._metadata(engine, result, started)
+    def _finish(self, engine: Scheduler, started: float) -> pd.DataFrame:
+        result = self._frame(engine, reason=engine.stop_reason)
+        result.attrs[frames.META_KEY] = {
+            **self._settings(),
+            **self._metadata(engine, result, started),
+        }
         self.result = result
-        history.remember(history.RunRecord(self.report, self.provider, self.config), result)
+        self._remember(result)
         return result
 
-    def _metadata(self, engine: Engine, result: pd.DataFrame, started: float) -> dict[str, Any]:
+    # -- what a kind of job says -----------------------------------------------------------
+
+    def _scheduler(self) -> Scheduler:
+        raise NotImplementedError
+
+    async def _execute(self, scheduler: Any) -> None:
+        raise NotImplementedError
+
+    def _frame(
+        self,
+        scheduler: Any,
+        *,
+        unfinished: RowStatus = RowStatus.CANCELLED,
+        reason: str | None = None,
+    ) -> pd.DataFrame:
+        """The frame from what `scheduler` finished (None: nothing yet)."""
+        raise NotImplementedError
+
+    def _queued(self) -> Snapshot:
+        raise NotImplementedError
+
+    def _settings(self) -> dict[str, Any]:
+        """The run's settings for the result's attrs (read again by `retry_failed`)."""
+        raise NotImplementedError
+
+    def _remember(self, result: pd.DataFrame) -> None:
+        raise NotImplementedError
+
+    def _check_budget(self, usd: float) -> None:
+        raise NotImplementedError
+
+    def _check_step(self, step: str | None) -> None:
+        if step is not None:
+            raise ConfigError("step= names a pipeline's step; this run has no steps")
+
+    def _metadata(self, engine: Scheduler, result: pd.DataFrame, started: float) -> dict[str, Any]:
         """Small, JSON-safe facts about the run (pandas copies attrs on every operation)."""
         snap = engine.snapshot()
         return {
             "version": _version("notebook_kit"),
             "run_id": self.report.run_id,
-            "provider": self.provider.name,
-            "provider_settings": self.provider.describe(),
-            **self.config.describe(),
-            **self.plan.describe(),
-            "columns": self.plan.added_columns,
             "counts": {str(k): int(v) for k, v in result["status"].value_counts().items()},
             "requests": snap.requests,
             "input_tokens": snap.input_tokens,
@@ -251,3 +298,59 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
+
+
+class FrameJob(Job):
+    """A run of `plan` on `provider`: one request per row, through one `Engine`."""
+
+    def __init__(
+        self,
+        plan: frames.Plan,
+        provider: Provider,
+        config: RunConfig,
+        *,
+        cache: Cache | None = None,
+        progress: bool = True,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(plan.frame, cache=cache, progress=progress, clock=clock)
+        self.plan = plan
+        self.provider = provider
+        self.config = config
+
+    def _scheduler(self) -> Engine:
+        total = len(self.plan.frame)
+        return Engine(self.provider, self.config, total=total, cache=self.cache, clock=self._clock)
+
+    async def _execute(self, scheduler: Engine) -> None:
+        await scheduler.run(self.plan.requests(self.config.params, self.config.schema))
+
+    def _frame(
+        self,
+        scheduler: Engine | None,
+        *,
+        unfinished: RowStatus = RowStatus.CANCELLED,
+        reason: str | None = None,
+    ) -> pd.DataFrame:
+        results = dict(scheduler.results) if scheduler is not None else {}
+        schema = self.config.schema
+        return frames.build(self.plan, results, unfinished=unfinished, reason=reason, schema=schema)
+
+    def _queued(self) -> Snapshot:
+        limit = self.config.limits.concurrency
+        return Snapshot(state="queued", total=len(self.plan.frame), limit=limit, target=limit)
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider.name,
+            "provider_settings": self.provider.describe(),
+            **self.config.describe(),
+            **self.plan.describe(),
+            "columns": self.plan.added_columns,
+        }
+
+    def _remember(self, result: pd.DataFrame) -> None:
+        history.remember(history.RunRecord(self.report, self.provider, self.config), result)
+
+    def _check_budget(self, usd: float) -> None:
+        check_budget(dataclasses.replace(self.config, budget_usd=usd))

@@ -85,7 +85,7 @@ INPUTS = (
 MODEL_PARAMS = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop"})
 # options of one entry point only: an error elsewhere, never a model parameter
 ENTRY_OPTIONS = frozenset(
-    {"panel", "models", "use_nest_asyncio", "latency", "output_tokens", "only", "prompt"}
+    {"panel", "models", "use_nest_asyncio", "latency", "output_tokens", "only", "prompt", "steps"}
 )
 
 

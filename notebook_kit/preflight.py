@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -19,9 +19,11 @@ import pandas as pd
 from .cache import Cache
 from .config import Limits
 from .dedupe import cache_key
-from .frame import Plan
+from .errors import ConfigError
+from .frame import Plan, plan as frame_plan
 from .pricing import price_of, prices_as_of
 from .providers.base import Provider
+from .steps import Stage
 from .types import OutputSchema, Request
 
 DEFAULT_OUTPUT_TOKENS = 150
@@ -143,3 +145,76 @@ def _wall_time(requests: int, tokens: int, *, limits: Limits, latency: float) ->
         candidates.append((tokens / per_minute * 60 + latency, f"tpm={limits.tpm:g}"))
     seconds, bound = max(candidates)
     return seconds, f"bound by {bound}"
+
+
+ESTIMATED = {
+    "requests to send": "requests",
+    "input tokens": "input_tokens",
+    "output tokens (expected)": "output_tokens",
+    "cost USD (expected)": "cost_usd",
+    "cost USD (at most)": "cost_usd_at_most",
+    "wall time s (expected)": "wall_s",
+}
+
+
+def estimate_pipeline(
+    frame: pd.DataFrame,
+    stages: Sequence[Stage],
+    *,
+    latency: float,
+    output_tokens: int | None,
+    cache: Cache | None,
+) -> pd.DataFrame:
+    """One line per model step and the total. A later step's prompt holds earlier outputs
+    that do not exist yet: each is stood in for by text of the expected reply length, so
+    its tokens are an estimate and its cache hits unknown. Every row is assumed to run
+    every step (when= may skip some). The total wall time: the slowest step, plus one
+    request of each other step for the last rows."""
+    rows: dict[str, dict[str, Any]] = {}
+    stand_in = frame.copy()
+    for stage in stages:
+        config = stage.config
+        if config is None or stage.provider is None or stage.step.template is None:
+            stand_in[stage.name] = _stand_in(len(frame), 40)  # a function's value: unknown
+            continue
+        plan = frame_plan(
+            stand_in,
+            template=stage.step.template,
+            system=stage.system,
+            output_col="\0estimate",
+        )
+        facts = estimate_run(
+            plan,
+            stage.provider,
+            model=config.model,
+            params=config.params,
+            limits=config.limits,
+            latency=latency,
+            output_tokens=output_tokens,
+            cache=cache if stage.index == 0 else None,
+            schema=config.schema,
+        )["value"]
+        rows[stage.name] = {name: facts[quantity] for quantity, name in ESTIMATED.items()}
+        expected = rows[stage.name]["output_tokens"] // max(rows[stage.name]["requests"], 1)
+        stand_in[stage.name] = _stand_in(len(frame), 4 * max(expected, 1))
+        for field in config.schema.fields if config.schema else ():
+            stand_in[f"{stage.name}_{field}"] = _stand_in(len(frame), 20)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    if table.empty:
+        raise ConfigError("these steps call no model: there is nothing to estimate")
+    total: dict[str, Any] = {}
+    for name in ("requests", "input_tokens", "output_tokens", "cost_usd", "cost_usd_at_most"):
+        known = table[name].dropna()
+        total[name] = known.sum() if len(known) == len(table) else None
+    walls = table["wall_s"].astype(float)
+    total["wall_s"] = round(walls.max() + latency * (len(table) - 1), 1)
+    table.loc["total"] = total
+    table.index.name = "step"
+    table.attrs["notebook_kit_estimate"] = {"steps": [s.name for s in stages]}
+    return table.astype(object)
+
+
+def _stand_in(rows: int, chars: int) -> list[str]:
+    """Text of `chars` characters per row, different in each row (identical prompts would
+    count as duplicates, sent once)."""
+    return [f"{i:08d}".ljust(chars, "x") for i in range(rows)]

@@ -50,6 +50,8 @@ class Snapshot:
     elapsed_s: float = 0.0
     rate: float = 0.0  # rows per second answered by calls over the last RECENT_S seconds
     stop_reason: str | None = None
+    step: str | None = None  # a pipeline's step: these counts are that step's rows
+    steps: tuple[Snapshot, ...] = ()  # a pipeline's: one snapshot per step
 
     @property
     def done(self) -> int:
@@ -175,6 +177,7 @@ class RunReport:
     starts: list[float] = field(default_factory=list)
     ends: list[float] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)  # "ok" or an error type
+    steps: list[str | None] = field(default_factory=list)  # a pipeline's step, else None
     limit_changes: list[tuple[float, int]] = field(default_factory=list)  # (time, concurrency)
     pauses: list[tuple[float, float]] = field(default_factory=list)  # (from, to), user or budget
     wall_s: float | None = None
@@ -187,7 +190,16 @@ class RunReport:
         events.on(Resumed, self._resumed)
         events.on(RunFinished, self._finished)
 
-    def record(self, key: int, attempt: int, start: float, end: float, outcome: str) -> None:
+    def record(
+        self,
+        key: int,
+        attempt: int,
+        start: float,
+        end: float,
+        outcome: str,
+        step: str | None = None,
+    ) -> None:
+        self.steps.append(step)
         self.keys.append(key)
         self.attempt_numbers.append(attempt)
         self.starts.append(start)
@@ -195,10 +207,11 @@ class RunReport:
         self.outcomes.append(outcome)
 
     def _attempt(self, event: AttemptFinished) -> None:
-        self.record(event.key, event.attempt, event.started, event.t, event.outcome)
+        self.record(event.key, event.attempt, event.started, event.t, event.outcome, event.step)
 
     def _limit(self, event: LimitChanged) -> None:
-        self.limit_changes.append((event.t, event.limit))
+        if event.step is None:  # a pipeline's steps each have their own limit
+            self.limit_changes.append((event.t, event.limit))
 
     def _paused(self, event: Paused) -> None:
         if self._paused_at is None:
@@ -214,11 +227,14 @@ class RunReport:
         self.wall_s = event.t
 
     def attempts(self) -> pd.DataFrame:
-        """One row per request sent: row position, attempt number, start, end, outcome."""
+        """One row per request sent: row position, attempt number, start, end, outcome
+        (and the step, in a pipeline)."""
         import pandas as pd
 
+        steps = {"step": self.steps} if any(s is not None for s in self.steps) else {}
         return pd.DataFrame(
             {
+                **steps,
                 "row": self.keys,
                 "attempt": self.attempt_numbers,
                 "start_s": self.starts,

@@ -11,7 +11,7 @@ import pandas as pd
 from . import frame as frames, history
 from .config import RunConfig
 from .errors import ConfigError
-from .job import Job
+from .job import FrameJob
 from .options import checked, chosen_cache, inputs, run_config
 from .providers import resolve
 from .types import ErrorType
@@ -37,7 +37,7 @@ def failed_rows(result: pd.DataFrame, only: Iterable[str] | None) -> np.ndarray[
 
 def rerun_job(
     rows: pd.DataFrame, meta: dict[str, Any], prompt: str | None, kwargs: Mapping[str, Any]
-) -> Job:
+) -> FrameJob:
     """A job over `rows` with the original run's settings (from memory, else from `meta`),
     the given options applied on top."""
     options = checked(kwargs, entry="retry_failed")
@@ -49,7 +49,10 @@ def rerun_job(
     if {"prompt", "template", "messages_col"} & given.keys():  # a new way to build prompts
         kept = {k: v for k, v in kept.items() if k not in ("prompt", "template", "messages_col")}
     record = history.lookup(meta.get("run_id"))
-    if record is not None and not {"provider", "base_url", "api_key"} & options.keys():
+    if (
+        isinstance(record, history.RunRecord)
+        and not {"provider", "base_url", "api_key"} & options.keys()
+    ):
         provider, base = record.provider, record.config
     else:
         provider, _ = resolve(
@@ -78,7 +81,7 @@ def rerun_job(
         )
     plan = frames.plan(rows, **(kept | given), schema_fields=fields)
     original_cache = meta.get("cache") or False  # the file the run used, or False: it had none
-    return Job(
+    return FrameJob(
         plan,
         provider,
         config,
@@ -90,7 +93,7 @@ def rerun_job(
 def merged(
     result: pd.DataFrame,
     positions: np.ndarray[Any, Any],
-    job: Job,
+    job: FrameJob,
     meta: dict[str, Any],
     rerun: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
@@ -103,7 +106,7 @@ def merged(
     frame.attrs[frames.META_KEY] = {
         **meta,
         **latest,
-        **_totals(meta, latest),  # the whole frame's: both runs together
+        **run_totals(meta, latest),  # the whole frame's: both runs together
         "started_at": meta.get("started_at"),
         "counts": {str(k): int(v) for k, v in counts.items()},
         "retried_rows": len(positions),
@@ -116,7 +119,7 @@ def merged(
 SUMMED = ("requests", "input_tokens", "output_tokens", "cached_rows", "unpriced_replies", "wall_s")
 
 
-def _totals(first: Mapping[str, Any], then: Mapping[str, Any]) -> dict[str, Any]:
+def run_totals(first: Mapping[str, Any], then: Mapping[str, Any]) -> dict[str, Any]:
     """What the frame cost and took across the first run and the re-run (a cost that is
     unknown in either is unknown in the total)."""
     totals: dict[str, Any] = {k: (first.get(k) or 0) + (then.get(k) or 0) for k in SUMMED}

@@ -52,6 +52,12 @@ class Secret:
         """The key itself, for the SDK client only."""
         return self._value
 
+    def digest(self) -> str:
+        """A short one-way digest: tells two keys apart, reveals neither."""
+        import hashlib
+
+        return hashlib.sha256(self._value.encode("utf-8", "replace")).hexdigest()[:16]
+
     def __repr__(self) -> str:
         return f"Secret({MASK!r})"
 

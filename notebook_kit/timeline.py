@@ -21,6 +21,7 @@ COLOURS = {"ok": "#2e7d32", "rate_limit": "#f9a825", "cancelled": "#6a1b9a"}
 ERROR_COLOUR = "#c62828"
 WAIT_COLOUR = "#bdbdbd"
 PAUSE_COLOUR = "#90caf9"
+STEP_COLOURS = ("#2e7d32", "#1565c0", "#ef6c00", "#6d4c41", "#00838f", "#ad1457", "#9e9d24")
 
 
 def in_flight(attempts: pd.DataFrame) -> tuple[list[float], list[int]]:
@@ -35,8 +36,9 @@ def in_flight(attempts: pd.DataFrame) -> tuple[list[float], list[int]]:
 
 
 def plot_timeline(run: pd.DataFrame | RunReport, *, max_rows: int = 400) -> Figure:
-    """One bar per request from start to end, coloured by outcome; waits between a row's
-    attempts as thin grey lines; below, requests in flight and the concurrency limit."""
+    """One bar per request from start to end, coloured by outcome (a pipeline's successful
+    requests by step); waits between a row's attempts as thin grey lines; below, requests
+    in flight and the concurrency limit (a pipeline's steps each have their own: not drawn)."""
     try:
         import matplotlib.pyplot as plt
         from matplotlib.patches import Patch
@@ -60,7 +62,14 @@ def plot_timeline(run: pd.DataFrame | RunReport, *, max_rows: int = 400) -> Figu
         starts = group["start_s"].tolist()
         for end, next_start in zip(ends, starts[1:], strict=False):
             top.plot([end, next_start], [y, y], color=WAIT_COLOUR, linewidth=0.8)
-    colours = [COLOURS.get(outcome, ERROR_COLOUR) for outcome in shown["outcome"]]
+    steps = list(dict.fromkeys(shown["step"])) if "step" in shown else []
+    by_step = {step: STEP_COLOURS[i % len(STEP_COLOURS)] for i, step in enumerate(steps)}
+    colours = [
+        by_step[step] if steps and outcome == "ok" else COLOURS.get(outcome, ERROR_COLOUR)
+        for outcome, step in zip(
+            shown["outcome"], shown["step"] if steps else shown["outcome"], strict=True
+        )
+    ]
     visible = float(attempts["end_s"].max()) / 300  # an instant 429 still shows as a tick
     top.barh(
         [place[r] for r in shown["row"]],
@@ -71,9 +80,10 @@ def plot_timeline(run: pd.DataFrame | RunReport, *, max_rows: int = 400) -> Figu
     )
     top.set_ylabel("row" if len(rows) == attempts["row"].nunique() else f"first {len(rows)} rows")
     top.invert_yaxis()
+    oks = [Patch(color=c, label=f"ok: {s}") for s, c in by_step.items()]
     top.legend(
         handles=[
-            Patch(color=COLOURS["ok"], label="ok"),
+            *(oks or [Patch(color=COLOURS["ok"], label="ok")]),
             Patch(color=COLOURS["rate_limit"], label="429"),
             Patch(color=ERROR_COLOUR, label="other error"),
             Patch(color=COLOURS["cancelled"], label="cancelled (stop, interrupt)"),

@@ -39,6 +39,7 @@ class ErrorType(StrEnum):
     INVALID_OUTPUT = "invalid_output"  # the reply never fit the schema (re-asks included)
     REFUSAL = "refusal"  # under schema=, the model refused to answer
     INVALID_INPUT = "invalid_input"  # the row cannot be sent (e.g. text that is not valid UTF-8)
+    FUNCTION_ERROR = "function_error"  # a pipeline step's function (fn=, when=) raised
     CANCELLED = "cancelled"  # the row was cancelled before it finished
     UNEXPECTED = "unexpected"  # an error the kit does not know; the message says which
 

@@ -17,7 +17,9 @@ from .kernel import Shown, cell_number, publish_missing_idle
 from .progress import Ticker
 
 if TYPE_CHECKING:
-    from .job import Job
+    from .config import RunConfig
+    from .job import FrameJob, Job
+    from .pipeline_job import PipelineJob
     from .reporting import Snapshot
     from .session import SessionDefaults
 
@@ -48,55 +50,35 @@ class _Callbacks:
         return run
 
 
-class Panel(_Callbacks, Ticker):
-    """A job's live controls: `concurrency`, `model`, `pause`, `stop`, plus progress and status."""
+class _JobPanel(_Callbacks, Ticker):
+    """What every job's panel has: Pause, Stop, the progress bar and the status line."""
 
     interval = 0.25  # seconds between two pushes of progress and status to the browser
+    widget: Any  # the panel's box, made by each kind of panel
 
-    def __init__(self, job: Job, *, models: Sequence[str] = (), hint: str | None = None) -> None:
+    def __init__(self, job: Job, *, hint: str | None = None) -> None:
         import ipywidgets as widgets
 
         super().__init__()
         self._job = job
-        start = job.config.limits.concurrency
-        self.concurrency = widgets.IntSlider(
-            value=start,
-            min=1,
-            max=max(64, 4 * start),
-            description="concurrency",
-            continuous_update=False,
-        )
-        self.model = widgets.Dropdown(
-            options=_options(job.config.model, models, job.provider.models),
-            value=job.config.model,
-            description="model",
-        )
         self.pause = widgets.ToggleButton(value=False, description="Pause", icon="pause")
         self.stop = widgets.Button(description="Stop", button_style="danger", icon="stop")
-        total = len(job.plan.frame)
+        total = len(job.frame)
         self.bar = widgets.IntProgress(value=0, min=0, max=max(total, 1), description=f"0/{total}")
-        self.effective = widgets.HTML()  # the adaptive limit, when 429s pushed it lower
         self.status = widgets.HTML("starting…")
         self.hint = widgets.HTML(f"<i>{html.escape(hint)}</i>" if hint else "")
-        self.widget = widgets.VBox(
-            [
-                widgets.HBox([self.concurrency, self.effective, self.model]),
-                widgets.HBox([self.pause, self.stop, self.bar]),
-                self.status,
-                self.hint,
-                self.log,
-            ]
-        )
-        for control in (self.concurrency, self.model, self.pause, self.stop):
-            publish_missing_idle(control)
-        self.concurrency.observe(
-            self.guard(lambda change: job.set_concurrency(change["new"])), names="value"
-        )
-        self.model.observe(self.guard(lambda change: job.set_model(change["new"])), names="value")
         self.pause.observe(self.guard(self._on_pause), names="value")
         self.stop.on_click(self.guard(lambda _: job.cancel()))
         self._shown: list[Shown] = []
         self._error = ""  # why the run ended early, for the summary
+
+    def _controls(self) -> list[Any]:
+        """The widgets a user changes (disabled once the run ends)."""
+        return [self.pause, self.stop]
+
+    def _watch_controls(self) -> None:
+        for control in self._controls():
+            publish_missing_idle(control)
 
     def _ipython_display_(self) -> None:
         self._shown_in = cell_number()
@@ -136,7 +118,7 @@ class Panel(_Callbacks, Ticker):
     def closed(self, error: BaseException | None) -> None:
         if self.pause.value:  # a run that ended while paused: the button pops back out
             self.pause.value = False
-        for control in (self.concurrency, self.model, self.pause, self.stop):
+        for control in self._controls():
             control.disabled = True
         self.show(None if isinstance(error, asyncio.CancelledError) else error)
         for shown in self._shown:  # the saved notebook keeps the final summary
@@ -149,11 +131,7 @@ class Panel(_Callbacks, Ticker):
         if self.bar.value != finished:
             self.bar.value = finished
             self.bar.description = f"{finished}/{snap.total}"
-        effective = ""
-        if snap.limit < snap.target:
-            effective = f"effective <b>{snap.limit}</b> (after 429s)"
-        if self.effective.value != effective:
-            self.effective.value = effective
+        self._show_more(snap)
         text = status_line(snap)
         if snap.budget_usd is not None:
             text += f"<br>budget ${snap.budget_usd:g}: spent ${snap.spent_usd:.4f}"
@@ -166,6 +144,134 @@ class Panel(_Callbacks, Ticker):
             text += f"<br><span style='color:#b00'>{reason}</span>"
         if self.status.value != text:
             self.status.value = text
+
+    def _show_more(self, snap: Snapshot) -> None:
+        """What a kind of panel shows besides the bar and the status line."""
+
+
+class Panel(_JobPanel):
+    """A job's live controls: `concurrency`, `model`, `pause`, `stop`, plus progress and status."""
+
+    def __init__(
+        self, job: FrameJob, *, models: Sequence[str] = (), hint: str | None = None
+    ) -> None:
+        import ipywidgets as widgets
+
+        super().__init__(job, hint=hint)
+        start = job.config.limits.concurrency
+        self.concurrency = widgets.IntSlider(
+            value=start,
+            min=1,
+            max=max(64, 4 * start),
+            description="concurrency",
+            continuous_update=False,
+        )
+        self.model = widgets.Dropdown(
+            options=_options(job.config.model, models, job.provider.models),
+            value=job.config.model,
+            description="model",
+        )
+        self.effective = widgets.HTML()  # the adaptive limit, when 429s pushed it lower
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.concurrency, self.effective, self.model]),
+                widgets.HBox([self.pause, self.stop, self.bar]),
+                self.status,
+                self.hint,
+                self.log,
+            ]
+        )
+        self._watch_controls()
+        self.concurrency.observe(
+            self.guard(lambda change: job.set_concurrency(change["new"])), names="value"
+        )
+        self.model.observe(self.guard(lambda change: job.set_model(change["new"])), names="value")
+
+    def _controls(self) -> list[Any]:
+        return [self.concurrency, self.model, *super()._controls()]
+
+    def _show_more(self, snap: Snapshot) -> None:
+        effective = ""
+        if snap.limit < snap.target:
+            effective = f"effective <b>{snap.limit}</b> (after 429s)"
+        if self.effective.value != effective:
+            self.effective.value = effective
+
+
+class PipelinePanel(_JobPanel):
+    """A pipeline's controls: one line per step (its concurrency slider, progress and
+    counts; `panel.steps["draft"].concurrency`), and the shared Pause and Stop."""
+
+    def __init__(self, job: PipelineJob, *, hint: str | None = None) -> None:
+        import ipywidgets as widgets
+
+        super().__init__(job, hint=hint)
+        self.steps: dict[str, StepLine] = {}
+        for stage in job.plan.stages:
+            line = StepLine(stage.name, len(job.frame), stage.config)
+            if line.concurrency is not None:
+                line.concurrency.observe(self.guard(self._slider(stage.name)), names="value")
+            self.steps[stage.name] = line
+        self.widget = widgets.VBox(
+            [
+                *(line.widget for line in self.steps.values()),
+                widgets.HBox([self.pause, self.stop, self.bar]),
+                self.status,
+                self.hint,
+                self.log,
+            ]
+        )
+        self._watch_controls()
+
+    def _slider(self, step: str) -> Callable[[Any], None]:
+        return lambda change: self._job.set_concurrency(change["new"], step=step)
+
+    def _controls(self) -> list[Any]:
+        sliders = [line.concurrency for line in self.steps.values() if line.concurrency]
+        return [*sliders, *super()._controls()]
+
+    def _show_more(self, snap: Snapshot) -> None:
+        for step in snap.steps:
+            if step.step in self.steps:
+                self.steps[step.step].show(step)
+
+
+class StepLine:
+    """One step of a pipeline in its panel: name, slider (model steps), bar, counts."""
+
+    def __init__(self, name: str, total: int, config: RunConfig | None) -> None:
+        import ipywidgets as widgets
+
+        self.concurrency = None
+        if config is not None:
+            start = config.limits.concurrency
+            self.concurrency = widgets.IntSlider(
+                value=start,
+                min=1,
+                max=max(64, 4 * start),
+                description="concurrency",
+                continuous_update=False,
+            )
+        self.bar = widgets.IntProgress(value=0, min=0, max=max(total, 1))
+        self.counts = widgets.HTML()
+        label = widgets.HTML(f"<b>{html.escape(name)}</b>", layout=widgets.Layout(width="8em"))
+        parts = [label, *([self.concurrency] if self.concurrency else []), self.bar, self.counts]
+        self.widget = widgets.HBox(parts)
+
+    def show(self, snap: Snapshot) -> None:
+        finished = snap.done - snap.cancelled
+        if self.bar.value != finished:
+            self.bar.value = finished
+        parts = [f"done {finished}", f"ok {snap.ok}", f"error {snap.error}"]
+        if snap.skipped:
+            parts.append(f"skipped {snap.skipped}")
+        if snap.target:
+            parts.append(f"in flight {snap.in_flight}")
+            if snap.limit < snap.target:
+                parts.append(f"effective <b>{snap.limit}</b> (after 429s)")
+        text = " · ".join(parts)
+        if self.counts.value != text:
+            self.counts.value = text
 
 
 def status_line(snap: Snapshot) -> str:

@@ -11,6 +11,8 @@ import pytest
 from fake_server import FakeLLMServer
 
 import notebook_kit as kit
+from notebook_kit.engine import Engine
+from notebook_kit.pipeline import Pipeline
 
 KEY = "sk-test-SENTINEL-0123456789abcdef"
 
@@ -69,12 +71,15 @@ def nothing_held_after_a_run() -> Iterator[None]:
     reservation, whatever its rows went through (errors, 429s, timeouts, stops)."""
     yield
     job = kit.last_job()
-    engine = job.engine if job is not None else None
-    if engine is None or job is None or job.result is None:
+    scheduler = job.engine if job is not None else None
+    if scheduler is None or job is None or job.result is None:
         return
-    assert engine.concurrency.limit.in_use == 0, "a concurrency slot was not released"
-    if engine.budget is not None:
-        assert engine.budget.budget.reserved == 0, "a budget reservation was not settled"
+    engines = scheduler.engines.values() if isinstance(scheduler, Pipeline) else [scheduler]
+    for engine in engines:
+        assert isinstance(engine, Engine)
+        assert engine.concurrency.limit.in_use == 0, "a concurrency slot was not released"
+        if engine.budget is not None:
+            assert engine.budget.budget.reserved == 0, "a budget reservation was not settled"
 
 
 @pytest.fixture(autouse=True)

@@ -160,7 +160,7 @@ async def test_retry_failed_reuses_the_original_options_from_the_attrs_alone() -
     first = await kit.run_df(DF, "prompt", **options)
     first["status"] = "error"
     original = history.lookup(first.attrs["notebook_kit"]["run_id"])
-    assert original is not None
+    assert isinstance(original, history.RunRecord)
     history._runs.clear()  # a frame from another process: only its attrs are left
     second = await kit.retry_failed(first)
     meta = second.attrs["notebook_kit"]

@@ -123,7 +123,7 @@ async def test_a_failing_control_is_shown_in_the_panel(server: FakeLLMServer) ->
     job = start(server, prompts(10))
     assert job.panel is not None
 
-    def broken(value: int) -> None:
+    def broken(value: int, *, step: str | None = None) -> None:
         raise RuntimeError("no such limit")
 
     job.set_concurrency = broken  # type: ignore[method-assign]

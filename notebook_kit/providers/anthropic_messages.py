@@ -64,6 +64,9 @@ class AnthropicProvider(Provider):
     def describe(self) -> dict[str, Any]:
         return {"base_url": self._base_url}
 
+    def key_digest(self) -> str:
+        return self._api_key.digest()
+
     def check_params(self, params: Mapping[str, Any]) -> None:
         from anthropic.resources.messages import AsyncMessages
 

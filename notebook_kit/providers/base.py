@@ -49,6 +49,16 @@ class Provider(ABC):
         """The provider's settings for the result's attrs (never a key)."""
         return {}
 
+    def endpoint(self, model: str) -> tuple[str, ...]:
+        """Where requests for `model` go, and on whose key (a digest, never the key): a
+        pipeline's steps on one endpoint share its rpm and tpm."""
+        settings = json.dumps(self.describe(), sort_keys=True, default=repr)
+        return (self.name, settings, model, self.key_digest())
+
+    def key_digest(self) -> str:
+        """Tells keys apart without revealing them (this default: a provider without keys)."""
+        return ""
+
     def advice(self, kind: ErrorType) -> str:
         """What to do after a reply that stops the run (bad key, no credit, unknown model)."""
         return {

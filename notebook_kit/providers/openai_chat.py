@@ -63,6 +63,9 @@ class OpenAIProvider(Provider):
     def describe(self) -> dict[str, Any]:
         return {"base_url": self._base_url}
 
+    def key_digest(self) -> str:
+        return self._api_key.digest()
+
     def check_params(self, params: Mapping[str, Any]) -> None:
         from openai.resources.chat import AsyncCompletions
 

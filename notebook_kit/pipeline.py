@@ -1,0 +1,500 @@
+"""A pipeline's scheduler: rows through steps, with no barrier between them.
+
+Each model step is an `Engine` of its own (its own concurrency, model, retries), fed by a
+queue: a row enters the next step's queue the moment its previous step ends, so a fast
+row reaches step 3 while slow rows are still in step 1. Steps share the start gate
+(Pause, 429 cool-downs), the budget, and their endpoint's rpm/tpm meters. Function steps
+(`fn=`) run here, between the engines; `when=` skips a step for a row. A row that fails
+a step runs no later step. Plain asyncio: no widgets or SDKs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from typing import Any
+
+from . import cells
+from .cache import Cache
+from .clock import Clock, LoopClock
+from .engine import Engine, Item
+from .errors import RunError
+from .events import (
+    AttemptFinished,
+    AttemptStarted,
+    EventBus,
+    LimitChanged,
+    Paused,
+    Resumed,
+    RowFinished,
+    RowStarted,
+    RunFinished,
+    StopRequested,
+)
+from .meters import BudgetMeter, StartGate
+from .meters.assembly import Shared, rate_meters
+from .meters.rate import RateMeter
+from .reporting import RunStats, Snapshot
+from .steps import Stage
+from .types import ErrorType, Request, RowResult, RowStatus
+
+_END = object()  # closes a step's queue: no row can reach the step any more
+FORWARDED = (RowStarted, AttemptStarted, AttemptFinished, RowFinished, LimitChanged)
+
+
+class RowValues:
+    """The input cells a pipeline reads, by column and row position."""
+
+    def __init__(self, columns: Mapping[str, list[Any]]) -> None:
+        self._columns = columns
+
+    def __contains__(self, column: str) -> bool:
+        return column in self._columns
+
+    def value(self, column: str, key: int) -> Any:
+        return self._columns[column][key]
+
+    def row(self, key: int) -> dict[str, Any]:
+        return {name: values[key] for name, values in self._columns.items()}
+
+
+class Pipeline:
+    """Runs `keys` (row positions) through `stages`; steerable while it runs.
+
+    `start` says at which step a row begins (`retry_failed` resumes at the failed step)
+    and `carried` the outputs of the steps before it, reused, not re-paid.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        inputs: RowValues,
+        keys: Sequence[int],
+        *,
+        cache: Cache | None = None,
+        clock: Clock | None = None,
+        budget_usd: float | None = None,
+        pause_at_budget: bool = False,
+        start: Mapping[int, int] | None = None,
+        carried: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.stages = list(stages)
+        self.clock = clock or LoopClock()
+        self.events = EventBus()
+        self._emit = self.events.emit
+        self.stats = RunStats(total=len(keys))
+        self.stats.attach(self.events)
+        self.stop_reason: str | None = None
+        self._inputs = inputs
+        self._keys = keys
+        self._t0 = self.clock.now()
+        self._ended_at: float | None = None
+        self._pause_at_budget = pause_at_budget
+        models = [s for s in self.stages if s.config is not None]
+        policy = models[0].config.retry if models and models[0].config else None
+        from .config import RetryPolicy
+
+        self.gate = StartGate(clock=self.clock, policy=policy or RetryPolicy())
+        self.budget = None if budget_usd is None else self._budget_meter(budget_usd)
+        rates: dict[tuple[str, ...], tuple[RateMeter, ...]] = {}
+        self.engines: dict[int, Engine] = {}
+        for stage in models:
+            assert stage.config is not None and stage.provider is not None
+            endpoint = stage.endpoint or (stage.name,)
+            if endpoint not in rates:
+                rates[endpoint] = rate_meters(stage.config, self.clock)
+            shared = Shared(self.gate, rates[endpoint], self.budget)
+            engine = Engine(
+                stage.provider,
+                stage.config,
+                total=len(keys),
+                cache=cache,
+                clock=self.clock,
+                step=stage.name,
+                shared=shared,
+            )
+            for kind in FORWARDED:
+                engine.events.on(kind, self._emit)
+            engine.events.on(RowFinished, functools.partial(self._stepped, stage.index))
+            engine.events.on(StopRequested, self._engine_stopped)
+            self.engines[stage.index] = engine
+        self.function_stats = {
+            s.index: RunStats(total=len(keys), step=s.name) for s in self.stages if s.step.fn
+        }
+        for counter in self.function_stats.values():
+            counter.attach(self.events)
+        self.function_results: dict[int, dict[int, RowResult]] = {
+            i: {} for i in self.function_stats
+        }
+        carried = carried or {}
+        start = start or {}
+        self.values: dict[int, dict[str, Any]] = {k: dict(carried.get(k, {})) for k in keys}
+        self.stage_of: dict[int, int] = {k: start.get(k, 0) for k in keys}  # where it is
+        self.failed_at: dict[int, int] = {}  # rows that ended at a failed step
+        self._templates = {
+            s.index: cells.template_fields(s.step.template) for s in models if s.step.template
+        }
+        self._made = {c for s in self.stages for c in s.outputs}
+        self._blank = dict.fromkeys(self._made)
+        self._count = [0] * len(self.stages)  # rows in each step now (queued, sent, awaited)
+        self._queues: dict[int, asyncio.Queue[object]] = {i: asyncio.Queue() for i in self.engines}
+        self._closed: set[int] = set()
+        self._first = min(self.engines, default=None)
+        self._room = asyncio.Event()
+        self._source_done = False
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()  # async functions being awaited
+
+    # -- what displays read --------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if self.stop_reason is not None:
+            return "stopping"
+        if self.gate.paused_by("budget"):
+            return "paused at the budget"
+        return "paused" if self.gate.paused_by("user") else "running"
+
+    def snapshot(self) -> Snapshot:
+        """The whole rows' counts, and one snapshot per step."""
+        budget = self.budget.budget if self.budget is not None else None
+        elapsed = self._ended_at if self._ended_at is not None else self._now()
+        steps = []
+        for stage in self.stages:
+            if stage.index in self.engines:
+                steps.append(self.engines[stage.index].snapshot())
+            else:
+                counts = self.function_stats[stage.index].counts(elapsed)
+                snap = Snapshot(state=self.state, **counts, limit=0, target=0, step=stage.name)
+                steps.append(snap)
+        limits = [s.limit for s in steps if s.target]
+        targets = [s.target for s in steps if s.target]
+        return Snapshot(
+            state=self.state,
+            **self.stats.counts(elapsed),
+            limit=sum(limits),
+            target=sum(targets),
+            budget_usd=budget.usd if budget else None,
+            spent_usd=budget.spent if budget else 0.0,
+            reserved_usd=budget.reserved if budget else 0.0,
+            elapsed_s=elapsed,
+            stop_reason=self.stop_reason,
+            steps=tuple(steps),
+        )
+
+    def result_of(self, index: int, key: int) -> RowResult | None:
+        """The row's result at step `index`, if it has one."""
+        if index in self.engines:
+            return self.engines[index].results.get(key)
+        return self.function_results[index].get(key)
+
+    # -- control (call from the run's loop) ----------------------------------------------
+
+    def engine_of(self, step: str | None) -> Engine:
+        """The engine of the model step named `step` (None: the only one)."""
+        from .errors import ConfigError
+
+        names = {self.stages[i].name: e for i, e in self.engines.items()}
+        if step is None and len(names) == 1:
+            return next(iter(names.values()))
+        if step not in names:
+            raise ConfigError(f"name one of the pipeline's model steps: step= one of {list(names)}")
+        return names[step]
+
+    def set_concurrency(self, value: int, step: str | None = None) -> None:
+        self.engine_of(step).set_concurrency(value)
+
+    def set_model(self, model: str, step: str | None = None) -> None:
+        self.engine_of(step).set_model(model)
+
+    def pause(self) -> None:
+        self.gate.pause("user")
+        self._emit(Paused(t=self._now(), reason="user"))
+
+    def resume(self) -> None:
+        self.gate.resume("user")
+        self._emit(Resumed(t=self._now(), reason="user"))
+
+    def set_budget(self, usd: float) -> None:
+        """A cap for the whole pipeline (what was billed so far counts)."""
+        if self.budget is None:
+            self.budget = self._budget_meter(usd, spent=self.stats.cost_usd)
+            for engine in self.engines.values():
+                engine.use_budget(self.budget)
+        elif self.budget.raise_to(usd):
+            self._emit(Resumed(t=self._now(), reason="budget"))
+
+    def stop(self, reason: str = "stopped by the user") -> None:
+        """Cancel every row in every step; finished steps are kept."""
+        if self._begin_stop(reason):
+            for engine in self.engines.values():
+                engine.stop(reason)
+
+    # -- the run -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        runs = [engine.run(self._feed(i)) for i, engine in self.engines.items()]
+        outcomes: list[Any] = []
+        try:
+            outcomes = await asyncio.gather(self._source(), *runs, return_exceptions=True)
+        except BaseException:
+            self.stop_reason = self.stop_reason or "interrupted"
+            raise
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks))
+            self._ended_at = self._now()
+            self._emit(RunFinished(t=self._ended_at, stop_reason=self.stop_reason))
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, RunError)), errors[0])
+
+    async def _source(self) -> None:
+        """Rows enter at their first step in order; the first model step's queue is kept
+        short, so a million rows never wait there as a million requests."""
+        try:
+            for key in self._keys:
+                if self._stopping:
+                    break
+                self._go(key, self.stage_of[key])
+                if self._first is None:
+                    continue
+                queue, first = self._queues[self._first], self.engines[self._first]
+                while not self._stopping and queue.qsize() > 2 * first.concurrency.limit.total + 16:
+                    self._room.clear()
+                    await self._room.wait()
+        finally:
+            self._source_done = True
+            self._close_ready()
+
+    async def _feed(self, index: int) -> AsyncIterator[Item]:
+        queue = self._queues[index]
+        while (item := await queue.get()) is not _END:
+            if index == self._first:
+                self._room.set()
+            yield item  # type: ignore[misc]
+
+    def _go(self, key: int, index: int) -> None:
+        """Move a row through steps from `index` on until it waits in a model step or an
+        async function, fails, or has been through every step."""
+        stages = self.stages
+        while index < len(stages):
+            self.stage_of[key] = index
+            if self._stopping:
+                return  # it stays where it is: cancelled there
+            stage = stages[index]
+            if stage.index in self.engines:
+                self._count[index] += 1
+                self._queues[index].put_nowait(self._item(stage, key))
+                return
+            outcome = self._call(stage, key)
+            if inspect.isawaitable(outcome):
+                self._count[index] += 1
+                task = asyncio.ensure_future(self._awaited(stage, key, outcome))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+            if not self._function_done(stage, key, outcome):
+                return
+            index += 1
+        self._end(key)
+
+    def _item(self, stage: Stage, key: int) -> Item:
+        """The row's request for a model step, or its result when it needs no call."""
+        skip = self._skipped(stage, key)
+        if skip is not None:
+            return skip
+        row: dict[str, Any] = {}
+        for field in self._templates[stage.index]:
+            value = self.values[key].get(field) if field in self._made else self._input(field, key)
+            if cells.is_missing(value):
+                return cells.skip(key, f"template field {field!r} is empty")
+            row[field] = value
+        assert stage.step.template is not None and stage.config is not None
+        content = cells.render(stage.step.template, row, key)
+        if isinstance(content, RowResult):
+            return content
+        messages = [{"role": "user", "content": content}]
+        if stage.system:
+            messages.insert(0, {"role": "system", "content": stage.system})
+        problem = cells.encoding_problem(messages)
+        if problem:
+            return cells.row_fault(key, ErrorType.INVALID_INPUT, problem)
+        config = stage.config
+        return Request(key=key, messages=messages, params=config.params, schema=config.schema)
+
+    def _skipped(self, stage: Stage, key: int) -> RowResult | None:
+        """A `when=` that is false (skipped) or raises (function_error); None: run it."""
+        when = stage.step.when
+        if when is None:
+            return None
+        try:
+            if when(self._view(key)):
+                return None
+        except Exception as exc:
+            return _function_error(key, "when", exc)
+        return cells.skip(key, "when= is false for this row")
+
+    def _call(self, stage: Stage, key: int) -> RowResult | Awaitable[Any]:
+        """A function step: its result, or the awaitable an async function returned."""
+        skip = self._skipped(stage, key)
+        if skip is not None:
+            return skip
+        assert stage.step.fn is not None
+        try:
+            value = stage.step.fn(self._view(key))
+        except Exception as exc:
+            return _function_error(key, "fn", exc)
+        if inspect.isawaitable(value):
+            return value
+        return self._function_value(key, stage, value)
+
+    async def _awaited(self, stage: Stage, key: int, pending: Awaitable[Any]) -> None:
+        try:
+            value = await pending
+        except asyncio.CancelledError:
+            result = RowResult(
+                key=key,
+                status=RowStatus.CANCELLED,
+                error=self.stop_reason or "cancelled",
+                error_type=ErrorType.CANCELLED,
+            )
+        except Exception as exc:
+            result = _function_error(key, "fn", exc)
+        else:
+            result = self._function_value(key, stage, value)
+        if self._function_done(stage, key, result):
+            self._go(key, stage.index + 1)
+        self._count[stage.index] -= 1
+        self._close_ready()
+
+    def _function_value(self, key: int, stage: Stage, value: Any) -> RowResult:
+        self.values[key][stage.name] = value
+        return RowResult(key=key, status=RowStatus.OK)
+
+    def _function_done(self, stage: Stage, key: int, result: RowResult) -> bool:
+        """Record a function step's result; True if the row goes on."""
+        self.function_results[stage.index][key] = result
+        self._emit(RowFinished(self._now(), key, result, stage.name, "function"))
+        if result.status in (RowStatus.OK, RowStatus.SKIPPED):
+            return True
+        self._end(key, failed=stage.index)
+        return False
+
+    def _stepped(self, index: int, event: RowFinished) -> None:
+        """A model step ended for a row: on to its next step, or the end of the row."""
+        key, result = event.key, event.result
+        if result.status is RowStatus.OK:
+            values = self.values[key]
+            stage = self.stages[index]
+            values[stage.name] = result.text
+            schema = stage.config.schema if stage.config is not None else None
+            if schema is not None and result.parsed is not None:
+                for field, value in schema.values(result.parsed).items():
+                    values[f"{stage.name}_{field}"] = value
+            self._go(key, index + 1)
+        elif result.status is RowStatus.SKIPPED:
+            self._go(key, index + 1)
+        else:
+            self._end(key, failed=index)
+        self._count[index] -= 1
+        self._close_ready()
+
+    def _end(self, key: int, failed: int | None = None) -> None:
+        """The row has its final result: every step done, or one failed."""
+        if failed is not None:
+            self.failed_at[key] = failed
+        else:
+            self.stage_of[key] = len(self.stages)
+        results = [self.result_of(i, key) for i in range(len(self.stages))]
+        row = row_result(key, results, failed)
+        self._emit(RowFinished(self._now(), key, row, None, "call"))
+
+    def _close_ready(self) -> None:
+        """Close each step's queue once no row can reach it any more."""
+        if not self._source_done:
+            return
+        upstream = 0
+        for index in range(len(self.stages)):
+            if index in self._queues and index not in self._closed and upstream == 0:
+                self._closed.add(index)
+                self._queues[index].put_nowait(_END)
+            upstream += self._count[index]
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _input(self, column: str, key: int) -> Any:
+        return self._inputs.value(column, key)
+
+    def _view(self, key: int) -> dict[str, Any]:
+        """What fn= and when= see: the row's cells and the steps' outputs (None for a step
+        that was skipped or has not run)."""
+        return {**self._inputs.row(key), **self._blank, **self.values[key]}
+
+    def _engine_stopped(self, event: StopRequested) -> None:
+        """One step stopped (a run error, the budget): the whole pipeline stops starting."""
+        if self._begin_stop(event.reason):
+            for engine in self.engines.values():
+                engine.halt(event.reason)
+
+    def _begin_stop(self, reason: str) -> bool:
+        if self._stopping:
+            return False
+        self._stopping = True
+        self.stop_reason = reason
+        self._emit(StopRequested(t=self._now(), reason=reason))
+        self._room.set()
+        for task in list(self._tasks):
+            task.cancel()
+        for index, queue in self._queues.items():
+            if index not in self._closed:
+                self._closed.add(index)
+                queue.put_nowait(_END)
+        return True
+
+    def _budget_meter(self, usd: float, *, spent: float = 0.0) -> BudgetMeter:
+        return BudgetMeter(
+            usd,
+            gate=self.gate,
+            pause_at_budget=self._pause_at_budget,
+            on_reached=lambda: self._emit(Paused(t=self._now(), reason="budget")),
+            spent=spent,
+        )
+
+    def _now(self) -> float:
+        return self.clock.now() - self._t0
+
+
+def row_result(key: int, results: Sequence[RowResult | None], failed: int | None) -> RowResult:
+    """A whole row's result from its steps': the failed step's error, else ok (skipped when
+    every step was skipped); the cost of every step added up."""
+    costs = [r.cost_usd for r in results if r is not None and r.cost_usd is not None]
+    cost = round(sum(costs), 10) if costs else None
+    if failed is not None and results[failed] is not None:
+        bad = results[failed]
+        assert bad is not None
+        return RowResult(
+            key=key,
+            status=bad.status,
+            error=bad.error,
+            error_type=bad.error_type,
+            cost_usd=cost,
+        )
+    ran = [r for r in results if r is not None]
+    skipped = bool(ran) and all(r.status is RowStatus.SKIPPED for r in ran)
+    status = RowStatus.SKIPPED if skipped else RowStatus.OK
+    return RowResult(key=key, status=status, cost_usd=cost)
+
+
+def _function_error(key: int, what: str, exc: Exception) -> RowResult:
+    line = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    return RowResult(
+        key=key,
+        status=RowStatus.ERROR,
+        error=f"{what}= raised {line}",
+        error_type=ErrorType.FUNCTION_ERROR,
+    )
