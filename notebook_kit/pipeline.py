@@ -315,15 +315,19 @@ class Pipeline:
                 return cells.skip(key, f"template field {field!r} is empty")
             row[field] = value
         assert stage.step.template is not None and stage.config is not None
-        content = cells.render(stage.step.template, row, key)
+        try:
+            content = cells.render(stage.step.template, row, key)
+        except Exception as exc:  # an earlier step's value whose __format__ raises
+            problem = f"the template does not fit this row: {type(exc).__name__}: {exc}"
+            return cells.row_fault(key, ErrorType.INVALID_INPUT, self._redact(problem))
         if isinstance(content, RowResult):
             return content
         messages = [{"role": "user", "content": content}]
         if stage.system:
             messages.insert(0, {"role": "system", "content": stage.system})
-        problem = cells.encoding_problem(messages)
-        if problem:
-            return cells.row_fault(key, ErrorType.INVALID_INPUT, problem)
+        unsendable = cells.encoding_problem(messages)
+        if unsendable:
+            return cells.row_fault(key, ErrorType.INVALID_INPUT, unsendable)
         config = stage.config
         return Request(key=key, messages=messages, params=config.params, schema=config.schema)
 
@@ -336,7 +340,7 @@ class Pipeline:
             if when(self._view(key)):
                 return None
         except Exception as exc:
-            return _function_error(key, "when", exc)
+            return self._function_error(key, "when", exc)
         return cells.skip(key, "when= is false for this row")
 
     def _call(self, stage: Stage, key: int) -> RowResult | Awaitable[Any]:
@@ -348,7 +352,7 @@ class Pipeline:
         try:
             value = stage.step.fn(self._view(key))
         except Exception as exc:
-            return _function_error(key, "fn", exc)
+            return self._function_error(key, "fn", exc)
         if inspect.isawaitable(value):
             return value
         return self._function_value(key, stage, value)
@@ -364,7 +368,7 @@ class Pipeline:
                 error_type=ErrorType.CANCELLED,
             )
         except Exception as exc:
-            result = _function_error(key, "fn", exc)
+            result = self._function_error(key, "fn", exc)
         else:
             result = self._function_value(key, stage, value)
         if self._function_done(stage, key, result):
@@ -435,6 +439,26 @@ class Pipeline:
         that was skipped or has not run)."""
         return {**self._inputs.row(key), **self._blank, **self.values[key]}
 
+    def _function_error(self, key: int, what: str, exc: Exception) -> RowResult:
+        """A function step that raised: its exception in one line, keys masked."""
+        try:
+            text = f"{type(exc).__name__}: {exc}"
+        except Exception:  # an exception whose __str__ raises
+            text = type(exc).__name__
+        line = self._redact(" ".join(text.split()))[:300]
+        return RowResult(
+            key=key,
+            status=RowStatus.ERROR,
+            error=f"{what}= raised {line}",
+            error_type=ErrorType.FUNCTION_ERROR,
+        )
+
+    def _redact(self, text: str) -> str:
+        for stage in self.stages:
+            if stage.provider is not None:
+                text = stage.provider.redact(text)
+        return text
+
     def _engine_stopped(self, event: StopRequested) -> None:
         """One step stopped (a run error, the budget): the whole pipeline stops starting."""
         if self._begin_stop(event.reason):
@@ -488,13 +512,3 @@ def row_result(key: int, results: Sequence[RowResult | None], failed: int | None
     skipped = bool(ran) and all(r.status is RowStatus.SKIPPED for r in ran)
     status = RowStatus.SKIPPED if skipped else RowStatus.OK
     return RowResult(key=key, status=status, cost_usd=cost)
-
-
-def _function_error(key: int, what: str, exc: Exception) -> RowResult:
-    line = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-    return RowResult(
-        key=key,
-        status=RowStatus.ERROR,
-        error=f"{what}= raised {line}",
-        error_type=ErrorType.FUNCTION_ERROR,
-    )
