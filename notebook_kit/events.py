@@ -117,6 +117,7 @@ class EventBus:
         self._kinds: dict[type[Any], list[Callable[[Any], None]]] = {}
         self._every: list[Callable[[Any], None]] = []
         self._routes: dict[type[Any], list[Callable[[Any], None]]] = {}  # kind's, then every
+        self._forwards: dict[type[Any], EventBus] = {}
 
     def on(self, kind: type[E], handler: Callable[[E], None]) -> None:
         """Call `handler` with each event of class `kind`."""
@@ -128,9 +129,20 @@ class EventBus:
         self._every.append(handler)
         self._routes = {k: [*hs, *self._every] for k, hs in self._kinds.items()}
 
+    def forward(self, kinds: tuple[type[Any], ...], to: EventBus) -> None:
+        """Pass the events of `kinds` on to another bus (a step's engine to its pipeline)."""
+        for kind in kinds:
+            self.on(kind, to.emit)
+            self._forwards[kind] = to
+
     def wants(self, kind: type[Any]) -> bool:
         """Whether anyone listens to `kind` (an event nobody reads need not be made)."""
-        return kind in self._routes or bool(self._every)
+        if self._every:
+            return True
+        to = self._forwards.get(kind)
+        if to is None:
+            return kind in self._routes
+        return len(self._kinds[kind]) > 1 or to.wants(kind)
 
     def emit(self, event: Event) -> None:
         for handler in self._routes.get(type(event)) or self._every:

@@ -42,6 +42,16 @@ from .types import ErrorType, Request, RowResult, RowStatus
 
 _END = object()  # closes a step's queue: no row can reach the step any more
 FORWARDED = (RowStarted, AttemptStarted, AttemptFinished, RowFinished, LimitChanged)
+# a pipeline's request counters: the sums of its steps'
+SUMMED = (
+    "in_flight",
+    "retrying",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "unpriced",
+)
 
 
 class RowValues:
@@ -84,8 +94,8 @@ class Pipeline:
         self.clock = clock or LoopClock()
         self.events = EventBus()
         self._emit = self.events.emit
-        self.stats = RunStats(total=len(keys))
-        self.stats.attach(self.events)
+        self.stats = RunStats(total=len(keys))  # whole rows; requests are the steps' sums
+        self.stats.attach(self.events, attempts=False)
         self.stop_reason: str | None = None
         self._inputs = inputs
         self._keys = keys
@@ -115,8 +125,7 @@ class Pipeline:
                 step=stage.name,
                 shared=shared,
             )
-            for kind in FORWARDED:
-                engine.events.on(kind, self._emit)
+            engine.events.forward(FORWARDED, self.events)
             engine.events.on(RowFinished, functools.partial(self._stepped, stage.index))
             engine.events.on(StopRequested, self._engine_stopped)
             self.engines[stage.index] = engine
@@ -133,6 +142,7 @@ class Pipeline:
         self.values: dict[int, dict[str, Any]] = {k: dict(carried.get(k, {})) for k in keys}
         self.stage_of: dict[int, int] = {k: start.get(k, 0) for k in keys}  # where it is
         self.failed_at: dict[int, int] = {}  # rows that ended at a failed step
+        self.rows: dict[int, RowResult] = {}  # the whole rows that ended
         self._templates = {
             s.index: cells.template_fields(s.step.template) for s in models if s.step.template
         }
@@ -171,9 +181,12 @@ class Pipeline:
                 steps.append(snap)
         limits = [s.limit for s in steps if s.target]
         targets = [s.target for s in steps if s.target]
+        counts = self.stats.counts(elapsed)
+        for name in SUMMED:
+            counts[name] = sum(getattr(s, name) for s in steps)
         return Snapshot(
             state=self.state,
-            **self.stats.counts(elapsed),
+            **counts,
             limit=sum(limits),
             target=sum(targets),
             budget_usd=budget.usd if budget else None,
@@ -186,9 +199,13 @@ class Pipeline:
 
     def result_of(self, index: int, key: int) -> RowResult | None:
         """The row's result at step `index`, if it has one."""
+        return self.results_at(index).get(key)
+
+    def results_at(self, index: int) -> Mapping[int, RowResult]:
+        """The results of step `index` so far, by row position."""
         if index in self.engines:
-            return self.engines[index].results.get(key)
-        return self.function_results[index].get(key)
+            return self.engines[index].results
+        return self.function_results[index]
 
     # -- control (call from the run's loop) ----------------------------------------------
 
@@ -220,7 +237,8 @@ class Pipeline:
     def set_budget(self, usd: float) -> None:
         """A cap for the whole pipeline (what was billed so far counts)."""
         if self.budget is None:
-            self.budget = self._budget_meter(usd, spent=self.stats.cost_usd)
+            spent = sum(engine.stats.cost_usd for engine in self.engines.values())
+            self.budget = self._budget_meter(usd, spent=spent)
             for engine in self.engines.values():
                 engine.use_budget(self.budget)
         elif self.budget.raise_to(usd):
@@ -311,7 +329,7 @@ class Pipeline:
         row: dict[str, Any] = {}
         for field in self._templates[stage.index]:
             value = self.values[key].get(field) if field in self._made else self._input(field, key)
-            if cells.is_missing(value):
+            if type(value) is not str and cells.is_missing(value):
                 return cells.skip(key, f"template field {field!r} is empty")
             row[field] = value
         assert stage.step.template is not None and stage.config is not None
@@ -328,8 +346,10 @@ class Pipeline:
         unsendable = cells.encoding_problem(messages)
         if unsendable:
             return cells.row_fault(key, ErrorType.INVALID_INPUT, unsendable)
-        config = stage.config
-        return Request(key=key, messages=messages, params=config.params, schema=config.schema)
+        config, model = stage.config, self.engines[stage.index].model  # the step's model now
+        return Request(
+            key=key, messages=messages, model=model, params=config.params, schema=config.schema
+        )
 
     def _skipped(self, stage: Stage, key: int) -> RowResult | None:
         """A `when=` that is false (skipped) or raises (function_error); None: run it."""
@@ -415,7 +435,7 @@ class Pipeline:
         else:
             self.stage_of[key] = len(self.stages)
         results = [self.result_of(i, key) for i in range(len(self.stages))]
-        row = row_result(key, results, failed)
+        row = self.rows[key] = row_result(key, results, failed)
         self._emit(RowFinished(self._now(), key, row, None, "call"))
 
     def _close_ready(self) -> None:

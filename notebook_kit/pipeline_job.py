@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .job import Job
 from .options import RunOptions, checked, chosen_cache
 from .pipeline import Pipeline, RowValues, row_result
+from .providers import DEMO_NOTICE
 from .reporting import Snapshot
 from .steps import ROW_COLUMNS, STEP_COLUMNS, Stage, Step, describe, settle
 from .types import ErrorType, RowResult, RowStatus
@@ -145,33 +146,35 @@ def build(
     reason: str | None = None,
 ) -> pd.DataFrame:
     """The input frame plus every step's columns and the row columns, in input order."""
-    n = len(plan.frame)
-    stages = plan.stages
+    n, stages = len(plan.frame), plan.stages
     where = dict(pipeline.stage_of) if pipeline else {k: plan.start.get(k, 0) for k in range(n)}
-    failed_at = pipeline.failed_at if pipeline else {}
+    failed_at = dict(pipeline.failed_at) if pipeline else {}
+    ended = dict(pipeline.rows) if pipeline else {}
     waiting = unfinished_result(unfinished, reason)
+    waiting_at: dict[int, list[int]] = {}  # rows not ended: the step each one is in
+    for key in range(n):
+        if key not in ended and where[key] < len(stages):
+            waiting_at.setdefault(where[key], []).append(key)
     added: dict[str, Any] = {}
     per_step: list[dict[int, RowResult]] = []
     for stage in stages:
-        results: dict[int, RowResult] = {}
-        for key in range(n):
-            result = pipeline.result_of(stage.index, key) if pipeline else None
-            if result is None and where[key] == stage.index and key not in failed_at:
-                result = dataclasses.replace(waiting, key=key)
-            if result is not None:
-                results[key] = result
+        results = dict(pipeline.results_at(stage.index)) if pipeline else {}
+        for key in waiting_at.get(stage.index, ()):
+            results[key] = dataclasses.replace(waiting, key=key)
         per_step.append(results)
         added.update(_step_columns(stage, results, pipeline, n))
-    row_results = {}
+    row_results = dict(ended)
+    for index, keys in waiting_at.items():  # stopped (or still running) in that step
+        for key in keys:
+            steps = [per_step[i].get(key) for i in range(len(stages))]
+            row_results[key] = row_result(key, steps, index)
     failed_step: list[str | None] = [None] * n
-    for key in range(n):
-        steps = [per_step[i].get(key) for i in range(len(stages))]
-        failed = failed_at.get(key)
-        if failed is None and where[key] < len(stages):  # stopped (or still running) there
-            failed = where[key]
-        row_results[key] = row_result(key, steps, failed)
-        if failed is not None and row_results[key].status is not RowStatus.PENDING:
-            failed_step[key] = stages[failed].name
+    for key, index in failed_at.items():
+        failed_step[key] = stages[index].name
+    if unfinished is not RowStatus.PENDING:
+        for index, keys in waiting_at.items():
+            for key in keys:
+                failed_step[key] = stages[index].name
     names = ("status", "error", "error_type", "cost_usd")
     rows = frames.result_columns(n, row_results, unfinished=None, names=names)
     added |= rows | {"failed_step": pd.array(failed_step, dtype="string")}
@@ -263,6 +266,8 @@ def new_job(
     if limit is not None:
         frame = frame.iloc[:limit]
     stages = settle(steps, [str(c) for c in frame.columns], kwargs, pause_at_budget=pause_at_budget)
+    if any(stage.fallback for stage in stages):
+        print(DEMO_NOTICE)
     return _job(frame, stages, dict(kwargs), options, pause_at_budget=pause_at_budget)
 
 

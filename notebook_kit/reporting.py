@@ -89,9 +89,12 @@ class RunStats:
     waiting: set[tuple[str | None, int]] = field(default_factory=set)  # rows in a backoff
     answered_at: deque[float] = field(default_factory=deque)  # `t` of rows a call finished
 
-    def attach(self, events: EventBus) -> None:
-        events.on(AttemptStarted, self._attempt_started)
-        events.on(AttemptFinished, self._attempt_finished)
+    def attach(self, events: EventBus, *, attempts: bool = True) -> None:
+        """Count from `events` (a pipeline's whole rows: `attempts=False`, its steps'
+        engines count the requests)."""
+        if attempts:
+            events.on(AttemptStarted, self._attempt_started)
+            events.on(AttemptFinished, self._attempt_finished)
         events.on(RowFinished, self._row_finished)
         events.on(RunFinished, self._run_finished)
 

@@ -106,6 +106,7 @@ class Stage:
     config: RunConfig | None = None
     endpoint: tuple[str, ...] | None = None
     system: str | None = None
+    fallback: bool = False  # the demo model answers because no key was found
 
     @property
     def name(self) -> str:
@@ -165,12 +166,12 @@ def _model_stage(
         settled: RunOptions = checked({**shared, **step.options, "params": params}, entry=entry)
         if given.get("budget_usd") is not None:
             settled["budget_usd"] = given["budget_usd"]
-        provider, _ = chosen_provider(settled)
+        provider, fallback = chosen_provider(settled)
         config = run_config(settled, provider, pause_at_budget=pause_at_budget)
     except ConfigError as exc:
         raise ConfigError(f"{entry}: {exc}") from None
     endpoint = provider.endpoint(config.model)
-    return Stage(step, index, provider, config, endpoint, settled.get("system"))
+    return Stage(step, index, provider, config, endpoint, settled.get("system"), fallback)
 
 
 def _check_names(stages: list[Stage], columns: Sequence[str]) -> None:

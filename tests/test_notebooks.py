@@ -62,8 +62,8 @@ def warnings(notebook: nbformat.NotebookNode) -> list[str]:
 LESSONS = sorted(p.name for p in NOTEBOOKS.glob("0*.ipynb") if not p.name.startswith("06"))
 
 
-def test_there_are_six_offline_lessons() -> None:
-    assert len(LESSONS) == 6  # lesson 6 needs keys: run twice below
+def test_there_are_seven_offline_lessons() -> None:
+    assert len(LESSONS) == 7  # lesson 6 needs keys: run twice below
 
 
 @pytest.mark.parametrize("name", LESSONS)
@@ -77,6 +77,9 @@ def test_lesson_runs_offline_top_to_bottom(name: str) -> None:
         assert "attempts: {1: " in shown
     if name.startswith("07"):  # routed, typed, some never fit, and retried
         assert "ai_team" in shown and "status: {'ok': 60}" in shown
+    if name.startswith("08"):  # chains faster five at a time; the retry pays no research again
+        assert "speedup" in shown and "failed at: {'draft'" in shown
+        assert "research calls per row: {1: 60}" in shown
     if name.startswith("04"):  # the table of three ways: whole counts, seconds with a point
         table = next(part for part in shown.split("\n\n") if "429s" in part)
         rows = [line.split() for line in table.splitlines()[1:]]

@@ -226,3 +226,43 @@ async def test_the_timeline_colours_a_pipeline_by_step(server: FakeLLMServer) ->
     assert legend is not None
     labels = [t.get_text() for t in legend.get_texts()]
     assert "ok: facts" in labels and "ok: draft" in labels
+
+
+async def test_an_interrupted_pipeline_keeps_what_finished_and_sends_nothing_more(
+    server: FakeLLMServer,
+) -> None:
+    server.configure(model_latency={"m-draft": {"latency": 30.0}})
+    steps = [
+        kit.Step("facts", template="{topic}", model="m-facts"),
+        kit.Step("draft", template="{facts}", model="m-draft", concurrency=2),
+    ]
+    task = asyncio.create_task(kit.run_pipeline(topics(5), steps, **wire(server)))
+    await eventually(lambda: server.stats()["in_flight_by_model"].get("m-draft") == 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    partial = kit.last_result()
+    assert partial is not None
+    assert (partial["facts_status"] == "ok").all()
+    assert (partial["status"] == "cancelled").all()
+    assert (partial["error"] == "interrupted").all()
+    await eventually(lambda: server.stats()["in_flight"] == 0)
+    assert server.stats()["requests_by_model"]["m-draft"] == 2
+
+
+def test_a_pipeline_of_functions_only_and_the_demo_notice(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    steps = [
+        kit.Step("n", fn=lambda row: len(row["topic"])),
+        kit.Step("twice", fn=lambda r: 2 * r["n"]),
+    ]
+    result = kit.run_pipeline_sync(topics(3), steps, progress=False)
+    assert result["twice"].tolist() == [14, 14, 14]
+    assert (result["status"] == "ok").all()
+    assert "no API key found" not in capsys.readouterr().out  # no model step: no model
+    demo = [kit.Step("asked", template="{topic}")]
+    kit.run_pipeline_sync(topics(1), demo, progress=False, cache=False)
+    assert "no API key found" in capsys.readouterr().out
+    with pytest.raises(kit.ConfigError, match="call no model"):
+        kit.estimate(topics(3), steps)
