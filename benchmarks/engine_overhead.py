@@ -4,8 +4,8 @@ Both contenders do the same per-row work a notebook cell would skip: none. The k
 figure is its own overhead per row (planning, scheduling, results, frame build); the
 bare gather shows what asyncio itself costs for one coroutine per row. `--schema` adds a
 third: the same run with schema= (the demo's JSON answer, validation, typed columns);
-`--pipeline` a three-step run_pipeline over the same rows (three calls per row: the
-target is under three times run_df's cost per row).
+`--pipeline` a one-step and a three-step run_pipeline over the same rows (three calls per
+row: the target is under three times a single step's cost per row).
 
     python benchmarks/engine_overhead.py --n 20000 --rounds 5 [--schema] [--pipeline]
 """
@@ -50,16 +50,16 @@ def kit_round(df: pd.DataFrame, **options: Any) -> float:
     return cpu / len(df)
 
 
-def pipeline_round(df: pd.DataFrame) -> float:
+def pipeline_round(df: pd.DataFrame, steps: int) -> float:
     settled()
     provider = kit.DemoProvider(latency=0)
-    steps = [
+    chain = [
         kit.Step("facts", template="{prompt}", concurrency=64),
         kit.Step("draft", template="{facts}", concurrency=64),
         kit.Step("review", template="{draft}", concurrency=64),
-    ]
+    ][:steps]
     start = time.process_time()
-    result = kit.run_pipeline_sync(df, steps, provider=provider, progress=False, cache=False)
+    result = kit.run_pipeline_sync(df, chain, provider=provider, progress=False, cache=False)
     cpu = time.process_time() - start
     assert (result["status"] == "ok").all()
     return cpu / len(df)
@@ -94,14 +94,15 @@ def main() -> None:
     args = parser.parse_args()
     df = pd.DataFrame({"prompt": [f"question {i}" for i in range(args.n)]})
     kit_round(df.head(100))  # warm up imports
-    kits, gathers, typed, piped = [], [], [], []
+    kits, gathers, typed, single, piped = [], [], [], [], []
     for _ in range(args.rounds):
         kits.append(kit_round(df))
         gathers.append(gather_round(df))
         if args.schema:
             typed.append(kit_round(df, schema=Route))
         if args.pipeline:
-            piped.append(pipeline_round(df))
+            single.append(pipeline_round(df, 1))
+            piped.append(pipeline_round(df, 3))
     k, g = statistics.median(kits) * 1e6, statistics.median(gathers) * 1e6
     print(f"N={args.n}, {args.rounds} interleaved rounds, median CPU per row")
     print(f"notebook_kit run_df, demo model at zero latency: {k:6.1f} us/row")
@@ -112,9 +113,11 @@ def main() -> None:
         print(f"notebook_kit run_df with schema= (3 fields):     {t:6.1f} us/row")
         print(f"schema= minus plain run_df:                      {t - k:6.1f} us/row")
     if piped:
-        p = statistics.median(piped) * 1e6
+        one, p = statistics.median(single) * 1e6, statistics.median(piped) * 1e6
+        print(f"notebook_kit run_pipeline, 1 step:               {one:6.1f} us/row")
         print(f"notebook_kit run_pipeline, 3 steps:              {p:6.1f} us/row")
-        print(f"3-step pipeline / run_df (target under 3.0):     {p / k:6.2f}x")
+        print(f"3 steps / 1 step (target under 3.0):             {p / one:6.2f}x")
+        print(f"3 steps / run_df:                                {p / k:6.2f}x")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections import deque
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from . import cells
@@ -40,7 +41,6 @@ from .reporting import RunStats, Snapshot
 from .steps import Stage
 from .types import ErrorType, Request, RowResult, RowStatus
 
-_END = object()  # closes a step's queue: no row can reach the step any more
 FORWARDED = (RowStarted, AttemptStarted, AttemptFinished, RowFinished, LimitChanged)
 # a pipeline's request counters: the sums of its steps'
 SUMMED = (
@@ -52,6 +52,45 @@ SUMMED = (
     "cost_usd",
     "unpriced",
 )
+
+
+class Feed:
+    """A model step's incoming rows: put by the pipeline as earlier steps end, taken in
+    order by the step's engine (an async iterator that ends once closed and empty)."""
+
+    def __init__(self) -> None:
+        self._items: deque[Item] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self.closed = False
+        self.taken = asyncio.Event()  # set when a row is taken: room in a short feed
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Item) -> None:
+        self._items.append(item)
+        self._wakeup()
+
+    def close(self) -> None:
+        """No row can reach this step any more."""
+        self.closed = True
+        self._wakeup()
+
+    def _wakeup(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def __aiter__(self) -> Feed:
+        return self
+
+    async def __anext__(self) -> Item:
+        while not self._items:
+            if self.closed:
+                raise StopAsyncIteration
+            self._wake = asyncio.get_running_loop().create_future()
+            await self._wake
+        self.taken.set()
+        return self._items.popleft()
 
 
 class RowValues:
@@ -149,10 +188,8 @@ class Pipeline:
         self._made = {c for s in self.stages for c in s.outputs}
         self._blank = dict.fromkeys(self._made)
         self._count = [0] * len(self.stages)  # rows in each step now (queued, sent, awaited)
-        self._queues: dict[int, asyncio.Queue[object]] = {i: asyncio.Queue() for i in self.engines}
-        self._closed: set[int] = set()
+        self._feeds = {i: Feed() for i in self.engines}
         self._first = min(self.engines, default=None)
-        self._room = asyncio.Event()
         self._source_done = False
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()  # async functions being awaited
@@ -253,7 +290,7 @@ class Pipeline:
     # -- the run -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        runs = [engine.run(self._feed(i)) for i, engine in self.engines.items()]
+        runs = [engine.run(self._feeds[i]) for i, engine in self.engines.items()]
         outcomes: list[Any] = []
         try:
             outcomes = await asyncio.gather(self._source(), *runs, return_exceptions=True)
@@ -272,29 +309,21 @@ class Pipeline:
             raise next((e for e in errors if isinstance(e, RunError)), errors[0])
 
     async def _source(self) -> None:
-        """Rows enter at their first step in order; the first model step's queue is kept
+        """Rows enter at their first step in order; the first model step's feed is kept
         short, so a million rows never wait there as a million requests."""
+        first = self._feeds.get(self._first) if self._first is not None else None
+        limit = self.engines[self._first].concurrency.limit if self._first is not None else None
         try:
             for key in self._keys:
                 if self._stopping:
                     break
                 self._go(key, self.stage_of[key])
-                if self._first is None:
-                    continue
-                queue, first = self._queues[self._first], self.engines[self._first]
-                while not self._stopping and queue.qsize() > 2 * first.concurrency.limit.total + 16:
-                    self._room.clear()
-                    await self._room.wait()
+                while first and limit and not self._stopping and len(first) > 2 * limit.total + 16:
+                    first.taken.clear()
+                    await first.taken.wait()
         finally:
             self._source_done = True
             self._close_ready()
-
-    async def _feed(self, index: int) -> AsyncIterator[Item]:
-        queue = self._queues[index]
-        while (item := await queue.get()) is not _END:
-            if index == self._first:
-                self._room.set()
-            yield item  # type: ignore[misc]
 
     def _go(self, key: int, index: int) -> None:
         """Move a row through steps from `index` on until it waits in a model step or an
@@ -307,7 +336,7 @@ class Pipeline:
             stage = stages[index]
             if stage.index in self.engines:
                 self._count[index] += 1
-                self._queues[index].put_nowait(self._item(stage, key))
+                self._feeds[index].put(self._item(stage, key))
                 return
             outcome = self._call(stage, key)
             if inspect.isawaitable(outcome):
@@ -323,8 +352,7 @@ class Pipeline:
 
     def _item(self, stage: Stage, key: int) -> Item:
         """The row's request for a model step, or its result when it needs no call."""
-        skip = self._skipped(stage, key)
-        if skip is not None:
+        if stage.step.when is not None and (skip := self._skipped(stage, key)) is not None:
             return skip
         row: dict[str, Any] = {}
         for field in self._templates[stage.index]:
@@ -393,8 +421,7 @@ class Pipeline:
             result = self._function_value(key, stage, value)
         if self._function_done(stage, key, result):
             self._go(key, stage.index + 1)
-        self._count[stage.index] -= 1
-        self._close_ready()
+        self._left(stage.index)
 
     def _function_value(self, key: int, stage: Stage, value: Any) -> RowResult:
         self.values[key][stage.name] = value
@@ -425,8 +452,13 @@ class Pipeline:
             self._go(key, index + 1)
         else:
             self._end(key, failed=index)
+        self._left(index)
+
+    def _left(self, index: int) -> None:
+        """A row left step `index`; once the step is empty, later steps may be closed."""
         self._count[index] -= 1
-        self._close_ready()
+        if not self._count[index]:
+            self._close_ready()
 
     def _end(self, key: int, failed: int | None = None) -> None:
         """The row has its final result: every step done, or one failed."""
@@ -443,11 +475,11 @@ class Pipeline:
         if not self._source_done:
             return
         upstream = 0
-        for index in range(len(self.stages)):
-            if index in self._queues and index not in self._closed and upstream == 0:
-                self._closed.add(index)
-                self._queues[index].put_nowait(_END)
-            upstream += self._count[index]
+        for index, count in enumerate(self._count):
+            feed = self._feeds.get(index)
+            if feed is not None and not feed.closed and upstream == 0:
+                feed.close()
+            upstream += count
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -491,13 +523,11 @@ class Pipeline:
         self._stopping = True
         self.stop_reason = reason
         self._emit(StopRequested(t=self._now(), reason=reason))
-        self._room.set()
         for task in list(self._tasks):
             task.cancel()
-        for index, queue in self._queues.items():
-            if index not in self._closed:
-                self._closed.add(index)
-                queue.put_nowait(_END)
+        for feed in self._feeds.values():
+            feed.close()
+            feed.taken.set()  # the source stops waiting for room
         return True
 
     def _budget_meter(self, usd: float, *, spent: float = 0.0) -> BudgetMeter:
@@ -516,19 +546,19 @@ class Pipeline:
 def row_result(key: int, results: Sequence[RowResult | None], failed: int | None) -> RowResult:
     """A whole row's result from its steps': the failed step's error, else ok (skipped when
     every step was skipped); the cost of every step added up."""
-    costs = [r.cost_usd for r in results if r is not None and r.cost_usd is not None]
-    cost = round(sum(costs), 10) if costs else None
-    if failed is not None and results[failed] is not None:
-        bad = results[failed]
-        assert bad is not None
-        return RowResult(
-            key=key,
-            status=bad.status,
-            error=bad.error,
-            error_type=bad.error_type,
-            cost_usd=cost,
-        )
-    ran = [r for r in results if r is not None]
-    skipped = bool(ran) and all(r.status is RowStatus.SKIPPED for r in ran)
-    status = RowStatus.SKIPPED if skipped else RowStatus.OK
+    cost: float | None = None
+    skipped = ran = 0
+    for result in results:
+        if result is None:
+            continue
+        ran += 1
+        skipped += result.status is RowStatus.SKIPPED
+        if result.cost_usd is not None:
+            cost = result.cost_usd if cost is None else cost + result.cost_usd
+    cost = None if cost is None else round(cost, 10)
+    bad = results[failed] if failed is not None else None
+    if bad is not None:
+        status, error, kind = bad.status, bad.error, bad.error_type
+        return RowResult(key=key, status=status, error=error, error_type=kind, cost_usd=cost)
+    status = RowStatus.SKIPPED if ran and skipped == ran else RowStatus.OK
     return RowResult(key=key, status=status, cost_usd=cost)
