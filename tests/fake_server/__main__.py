@@ -34,6 +34,7 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[int, dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m fake_server", description=DESCRIPTION)
     parser.add_argument("--port", type=int, default=0)
     floats = ["latency", "latency_median", "latency_sigma", "retry_after", "rate_window"]
+    floats.append("chunk_delay")
     for name in floats + [name for name, _ in RANDOM_FAULTS]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float)
     for name in ("seed", "rpm_limit", "tpm_limit"):
@@ -51,6 +52,10 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[int, dict[str, Any]]:
     parser.add_argument("--no-usage", dest="usage", action="store_false", default=None)
     parser.add_argument(
         "--no-rate-headers", dest="rate_headers", action="store_false", default=None
+    )
+    parser.add_argument("--stream-options-refused", action="store_true", default=None)
+    parser.add_argument(
+        "--no-stream-usage", dest="stream_usage", action="store_false", default=None
     )
     args = vars(parser.parse_args(argv))
     port = args.pop("port")

@@ -2,14 +2,16 @@
 
 Each API the server speaks is an `Api` subclass in its own module, listed in
 ``server.APIS``: its route, its request-id header, and how it renders success
-bodies, error bodies and rate-limit headers. The server does everything else
-(directives, limits, faults, latency, stats) the same way for every API.
+bodies, error bodies, streams (server-sent events) and rate-limit headers. The
+server does everything else (directives, limits, faults, latency, pacing, stats)
+the same way for every API.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -34,6 +36,13 @@ class ChatRequest:
     # system line) or tool (Anthropic's forced tool call)
     tool: str | None = None  # the forced tool's name
     last: str = ""  # the last user message (under a schema, `prompt` is the first: the row's)
+    stream: bool = False  # the body's "stream" is true: the reply goes out as server-sent events
+    stream_options: dict[str, Any] | None = None  # OpenAI's, when the body has them
+
+    @property
+    def include_usage(self) -> bool:
+        """OpenAI: the client asked for a last chunk with the usage."""
+        return bool((self.stream_options or {}).get("include_usage"))
 
     @classmethod
     def parse(cls, body: dict[str, Any], api_key: str | None) -> ChatRequest:
@@ -46,6 +55,7 @@ class ChatRequest:
             systems.append(_text(body["system"]))
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         form, schema, tool = _schema_of(body, "\n".join(systems))
+        stream_options = body.get("stream_options")
         return cls(
             model=str(body.get("model", "")),
             prompt=(prompts[0] if schema is not None else prompts[-1]) if prompts else "",
@@ -57,6 +67,8 @@ class ChatRequest:
             input_tokens=max(1, sum(map(len, texts)) // 4),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             api_key=api_key,
+            stream=body.get("stream") is True,
+            stream_options=stream_options if isinstance(stream_options, dict) else None,
         )
 
 
@@ -147,6 +159,7 @@ class ApiError:
     openai_type: str | None = None  # OpenAI's free-form error type; other APIs derive theirs
     retry_after: float | None = None
     retry_headers: dict[str, str] | None = None  # sent verbatim instead of retry_after's
+    param: str | None = None  # OpenAI's "param": the request field at fault
 
 
 class Api(ABC):
@@ -155,6 +168,7 @@ class Api(ABC):
     path: ClassVar[str]  # the POST route
     format_refusal: ClassVar[str] = "json_schema is not supported"  # an old server's 400
     request_id_header: ClassVar[str]  # carries "req_<n>" on every answer
+    stream_failure: ClassVar[ApiError]  # the error a [[stream_error_after=N]] sends in-stream
 
     @abstractmethod
     def success_body(
@@ -167,6 +181,19 @@ class Api(ABC):
         """The JSON body of an error answer."""
 
     @abstractmethod
+    def stream_body(self, rid: int, chat: ChatRequest, reply: Reply, *, usage: bool) -> Events:
+        """The server-sent events of a streamed success (with token usage if `usage`)."""
+
+    @abstractmethod
+    def stream_error(self, error: ApiError) -> bytes:
+        """The server-sent event that reports an error in the middle of a stream."""
+
+    def refused_option(self, chat: ChatRequest) -> ApiError | None:
+        """The 400 of a server that does not know OpenAI's stream_options (the setting
+        stream_options_refused), if `chat` carries an option this API has."""
+        return None
+
+    @abstractmethod
     def quota_error(self) -> ApiError:
         """The answer when the account is out of credit."""
 
@@ -176,6 +203,33 @@ class Api(ABC):
     ) -> dict[str, str]:
         """Headers for one rate limit: `kind` is "requests" or "tokens", `limit` per
         minute, `remaining` in the current window, `reset` seconds until it is empty."""
+
+
+@dataclass(frozen=True)
+class Events:
+    """A streamed reply as server-sent event records: `content` holds one record per
+    piece of the reply (see `pieces`); the rest go before and after them."""
+
+    opening: list[bytes]
+    content: list[bytes]
+    closing: list[bytes]
+
+
+def sse(data: object, event: str | None = None) -> bytes:
+    """One server-sent event record: an optional ``event:`` line, a ``data:`` line (JSON,
+    or a str sent as is) and the blank line that ends the record."""
+    text = data if isinstance(data, str) else json.dumps(data)
+    head = "" if event is None else f"event: {event}\n"
+    return f"{head}data: {text}\n\n".encode()
+
+
+PIECE = re.compile(r"(?<=\S)(?=\s)")  # before each run of whitespace that follows a word
+
+
+def pieces(text: str) -> list[str]:
+    """`text` in streamed pieces, one per word with the whitespace before it kept:
+    "Reply to: hi" gives ["Reply", " to:", " hi"]; joined they give `text` back."""
+    return [piece for piece in PIECE.split(text) if piece]
 
 
 def api_key(request: web.Request) -> str | None:

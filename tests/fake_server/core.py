@@ -77,9 +77,10 @@ class Core:
         arrival = self._enter(model)
         try:
             response = await self._respond(request, api, body, arrival)
-            with contextlib.suppress(ConnectionError):  # client gone or connection reset
-                await response.prepare(request)
-                await response.write_eof()
+            if not response.prepared:  # a stream is written (and ended) by _stream
+                with contextlib.suppress(ConnectionError):  # client gone or connection reset
+                    await response.prepare(request)
+                    await response.write_eof()
             return response
         except asyncio.CancelledError:
             with self._lock:
@@ -90,7 +91,7 @@ class Core:
 
     async def _respond(
         self, request: web.Request, api: Api, body: Any, arrival: float
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         rid = next(self._ids)
         try:
             if isinstance(body, ValueError):  # the body is not JSON
@@ -115,6 +116,8 @@ class Core:
             rejection = self._rejection(api, settings, chat, arrival)
             if rejection is None and settings.json_schema_refused and chat.form == "json_schema":
                 rejection = ApiError(400, api.format_refusal)
+            if rejection is None and settings.stream_options_refused:
+                rejection = api.refused_option(chat)
             fault = self._pick_fault(settings, directive, attempt) if rejection is None else None
         if rejection is not None:
             return self._error(api, rid, rejection)
@@ -140,6 +143,10 @@ class Core:
             return web.Response()  # never sent: the connection is gone
         if error is not None:
             return self._error(api, rid, error)
+        if chat.stream:
+            return await self._stream(
+                request, api, rid, settings, chat, directive, fault, attempt, arrival
+            )
         return self._success(api, rid, settings, chat, directive, fault, attempt)
 
     def _rejection(
@@ -243,6 +250,94 @@ class Core:
                 payload = payload[: len(payload) // 2]
         return self._response(api, rid, 200, payload)
 
+    async def _stream(
+        self,
+        request: web.Request,
+        api: Api,
+        rid: int,
+        settings: Settings,
+        chat: ChatRequest,
+        directive: Directive | None,
+        fault: Fault | None,
+        attempt: int,
+        arrival: float,
+    ) -> web.StreamResponse:
+        """A 200 event stream, written here: the opening events with the first content
+        chunk, one content chunk per `chunk_delay`, then the closing events. A directive may
+        cut it, end it with an error event or stall it after some content chunks; `fault`
+        may spoil it (malformed, not_utf8: its first event; error_200: an error event
+        alone)."""
+        reply = Reply.to(chat, directive, attempt)
+        events = api.stream_body(rid, chat, reply, usage=settings.usage and settings.stream_usage)
+        delay = settings.chunk_delay
+        if directive is not None and directive.chunk_delay is not None:
+            delay = directive.chunk_delay
+        mishap = directive.mishap_for(attempt) if directive is not None else None
+        opening, content, closing = list(events.opening), events.content, events.closing
+        failure = api.stream_failure
+        if fault == "error_200":  # the error event alone
+            failure = ApiError(529, "Overloaded (an error in a 200 reply).")
+            opening, content, mishap = [], [], ("error", 0)
+        elif fault == "malformed":
+            opening[0] = opening[0][: len(opening[0]) // 2] + b"\n\n"  # its JSON cut in half
+        elif fault == "not_utf8":
+            opening[0] = opening[0].replace(b'"', b'"\xff', 1)  # the first key is not UTF-8
+        if mishap is not None:
+            content = content[: mishap[1]]
+
+        headers = self._headers(api, rid, 200)
+        headers["cache-control"] = "no-cache"
+        response = web.StreamResponse(status=200, headers=headers)
+        response.content_type = "text/event-stream"
+        response.charset = "utf-8"
+        with self._lock:
+            stats = self._stats
+            stats.streams_started += 1
+            if fault != "error_200":  # billed in full, as if the stream ran to its end
+                stats.tokens_billed_input += chat.input_tokens
+                stats.tokens_billed_output += reply.output_tokens
+            if fault == "malformed":
+                stats.malformed += 1
+        sent: list[float] = []  # when each content chunk was written (time.monotonic())
+        completed = False
+        try:
+            await response.prepare(request)
+            pending = b"".join(opening)  # goes out with the first content chunk
+            for index, chunk in enumerate(content):
+                if index > 0 and delay > 0:
+                    await asyncio.sleep(delay)
+                await response.write(pending + chunk)
+                pending = b""
+                sent.append(time.monotonic())
+                with self._lock:
+                    self._stats.chunks_sent += 1
+            if mishap is None:
+                await response.write(pending + b"".join(closing))
+                await response.write_eof()
+                completed = True
+            elif mishap[0] == "error":
+                await response.write(pending + api.stream_error(failure))
+                await response.write_eof()
+            else:
+                if pending:
+                    await response.write(pending)
+                if mishap[0] == "stall":  # until aiohttp cancels us on disconnect
+                    await asyncio.Event().wait()
+                if request.transport is not None:  # cut
+                    request.transport.abort()
+        except ConnectionError:  # the client went away mid-stream
+            pass
+        finally:  # also when cancelled: the client went away
+            with self._lock:
+                stats = self._stats
+                if completed:
+                    stats.streams_completed += 1
+                else:
+                    stats.streams_cut += 1
+                if sent:
+                    stats.stream_spans.append([sent[0] - arrival, sent[-1] - sent[0]])
+        return response
+
     def _error(self, api: Api, rid: int, error: ApiError) -> web.Response:
         body = self._settings.error_body
         body = api.error_body(error) if body is None else body
@@ -251,6 +346,15 @@ class Core:
     def _response(
         self, api: Api, rid: int, status: int, payload: bytes, error: ApiError | None = None
     ) -> web.Response:
+        headers = self._headers(api, rid, status, error)
+        return web.Response(
+            status=status, body=payload, content_type="application/json", headers=headers
+        )
+
+    def _headers(
+        self, api: Api, rid: int, status: int, error: ApiError | None = None
+    ) -> dict[str, str]:
+        """The headers of an answer (counted in the stats by its status)."""
         headers = {api.request_id_header: f"req_{rid}"}
         if error is not None and error.retry_headers is not None:
             headers.update(error.retry_headers)
@@ -264,9 +368,7 @@ class Core:
             responses[str(status)] = responses.get(str(status), 0) + 1
             if status == 429:
                 self._stats.count_429 += 1
-        return web.Response(
-            status=status, body=payload, content_type="application/json", headers=headers
-        )
+        return headers
 
     def _rate_limit_headers(self, api: Api) -> dict[str, str]:
         """Headers for each configured rate limit; called with the lock held."""

@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 
 Finish = Literal["stop", "length", "content_filter", "refusal"]
 Output = Literal["invalid_json", "refusal"]  # how a structured (schema) reply goes wrong
+Mishap = Literal["cut", "error", "stall"]  # how a stream goes wrong after some chunks
 OUTPUTS: tuple[Output, ...] = get_args(Output)
 NamedFault = Literal[
     "quota", "content_filter", "reset", "hang", "malformed", "not_utf8", "error_200"
@@ -27,6 +28,11 @@ RANDOM_FAULTS: tuple[tuple[str, Fault], ...] = (
     ("rate_hang", "hang"),
     ("rate_malformed", "malformed"),
 )
+MISHAPS: dict[str, Mishap] = {
+    "cut_after": "cut",
+    "stream_error_after": "error",
+    "stall_after": "stall",
+}
 DIRECTIVE = re.compile(r"\[\[(.*?)\]\]")
 
 
@@ -60,6 +66,9 @@ class Settings:
     reply_patch: dict[str, Any] | None = None  # JSON merge patch on every success body
     error_body: dict[str, Any] | None = None  # sent instead of the API's body on every error
     json_schema_refused: bool = False  # a 400 to json_schema / output_config (old servers)
+    chunk_delay: float = 0.0  # streaming: seconds between two content chunks
+    stream_options_refused: bool = False  # a 400 to OpenAI's stream_options (old servers)
+    stream_usage: bool = True  # False: streams report no usage (see the package docstring)
 
     def __post_init__(self) -> None:
         if self.models is not None:
@@ -67,8 +76,11 @@ class Settings:
         rates = [getattr(self, name) for name, _ in RANDOM_FAULTS]
         if not all(0 <= rate <= 1 for rate in rates) or sum(rates) > 1:
             raise ValueError("fault rates must be probabilities that sum to at most 1")
-        if min(self.latency, self.latency_sigma, self.retry_after) < 0 or self.rate_window <= 0:
-            raise ValueError("latency, latency_sigma and retry_after must be >= 0, rate_window > 0")
+        delays = (self.latency, self.latency_sigma, self.retry_after, self.chunk_delay)
+        if min(delays) < 0 or self.rate_window <= 0:
+            raise ValueError(
+                "latency, latency_sigma, retry_after and chunk_delay must be >= 0, rate_window > 0"
+            )
         if self.latency_median is not None and self.latency_median <= 0:
             raise ValueError("latency_median must be > 0")
         if self.model_latency is not None:
@@ -124,6 +136,11 @@ class Directive:
     retry_after_header: str | None = None  # sent verbatim as retry-after ("-5", "nan")
     retry_after_ms_header: str | None = None  # sent verbatim as retry-after-ms
     output: Output | None = None  # a schema reply that does not fit, or a refusal
+    chunk_delay: float | None = None  # streaming: seconds between two content chunks
+    # streaming: what goes wrong after that many content chunks (the first `times` attempts)
+    cut_after: int | None = None  # the connection is aborted
+    stream_error_after: int | None = None  # an error event, then the end of the stream
+    stall_after: int | None = None  # nothing more is sent; the connection stays open
 
     @property
     def retry_headers(self) -> dict[str, str] | None:
@@ -151,7 +168,11 @@ class Directive:
                 fields["fault"] = int(value)
             elif key in ("times", "tokens"):
                 fields[key] = int(value)
-            elif key in ("retry_after", "latency"):
+            elif key in MISHAPS:
+                fields[key] = int(value)
+                if fields[key] < 0:
+                    raise ValueError(f"{key} must be >= 0, not {value}")
+            elif key in ("retry_after", "latency", "chunk_delay"):
                 fields[key] = float(value)
             elif key in ("retry_after_header", "retry_after_ms_header") or (
                 key == "finish" and value in FINISHES
@@ -164,6 +185,20 @@ class Directive:
     def output_for(self, attempt: int) -> Output | None:
         """How the `attempt`-th structured reply of the prompt goes wrong, if it does."""
         return self.output if self.times is None or attempt <= self.times else None
+
+    def mishap_for(self, attempt: int) -> tuple[Mishap, int] | None:
+        """How the `attempt`-th stream of the prompt goes wrong and after how many content
+        chunks: the earliest of cut_after, stream_error_after and stall_after (on a tie, in
+        that order); None if it does not."""
+        if self.times is not None and attempt > self.times:
+            return None
+        given = [
+            (count, MISHAPS[key]) for key in MISHAPS if (count := getattr(self, key)) is not None
+        ]
+        if not given:
+            return None
+        count, mishap = min(given, key=lambda pair: pair[0])
+        return mishap, count
 
     def fault_for(self, attempt: int) -> Fault | None:
         """The fault for the prompt's `attempt`-th request (counting from 1)."""

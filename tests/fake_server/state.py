@@ -61,6 +61,14 @@ class Stats:
     max_tokens_seen: list[int | None] = field(default_factory=list)
     systems_seen: list[str] = field(default_factory=list)  # the system prompt, "" when none
     last_messages: list[str] = field(default_factory=list)  # each request's last user message
+    # streams (requests with "stream": true answered with a 200 event stream):
+    streams_started: int = 0
+    streams_completed: int = 0  # every event sent, to the last one
+    streams_cut: int = 0  # cut, ended by an error event, or the client went away mid-stream
+    chunks_sent: int = 0  # content chunks (a piece of the reply each), all streams
+    # per ended stream that sent content: [seconds from arrival to its first content chunk,
+    # seconds from its first content chunk to its last]
+    stream_spans: list[list[float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-compatible deep copy."""
