@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
         clear_cache as clear_cache,
         controls as controls,
         estimate as estimate,
+        iter_rows as iter_rows,
         last_report as last_report,
         last_result as last_result,
         report as report,
@@ -72,6 +73,9 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
         RunReport as RunReport,
         Snapshot as Snapshot,
     )
+    from .row_stream import (
+        FinishedRow as FinishedRow,
+    )
     from .session import (
         SessionDefaults as SessionDefaults,
         defaults as defaults,
@@ -100,6 +104,7 @@ _HOMES = {
     "ConfigError": "errors",
     "DemoProvider": "providers",
     "ErrorType": "types",
+    "FinishedRow": "row_stream",
     "Job": "job",
     "Limits": "config",
     "MissingKeyError": "errors",
@@ -124,6 +129,7 @@ _HOMES = {
     "defaults": "session",
     "estimate": "api",
     "expand": "structured",
+    "iter_rows": "api",
     "jobs": "registry",
     "last_job": "registry",
     "last_report": "api",

@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import frame as frames, history
 from .cache import Cache
-from .config import RunConfig
+from .config import RunConfig, whole
 from .errors import ConfigError, RunError
 from .job import FrameJob, Job
 from .kernel import cell_id, controls_live_while_awaiting, display_in_cell, in_notebook
@@ -37,6 +37,7 @@ from .providers import DEMO_NOTICE, resolve
 from .registry import remember, stop_the_cells_earlier_job, told_in_one_line
 from .reporting import RunReport
 from .rerun import failed_rows, merged, rerun_job, run_totals
+from .row_stream import RowStream
 from .session import defaults
 from .steps import Step
 from .ui import DefaultsPanel, Panel, PipelinePanel
@@ -144,6 +145,46 @@ def start(
     job.task = loop.create_task(job.run(), name=f"notebook_kit-{job.report.run_id}")
     job.task.add_done_callback(_report_failure)
     return job
+
+
+@shows_run_options
+def iter_rows(
+    data: pd.DataFrame | pd.Series,
+    prompt: str | None = None,
+    *,
+    buffer: int | None = None,
+    **options: Unpack[RunOptions],
+) -> RowStream:
+    """The rows as they finish, while the rest still run (in a notebook cell or a script):
+
+        async for row in kit.iter_rows(df, "prompt", concurrency=8):
+            print(row.index, row.status, row.response)
+
+    Each row is a `FinishedRow`: the result columns, `position`, `index`, and
+    `row["column"]` for the frame's own cells. At most `buffer` finished rows (default
+    twice the concurrency) wait to be read: a slower reader holds the run back. Breaking
+    out of the loop, leaving `async with kit.iter_rows(...) as rows:` or
+    `await rows.aclose()` stops the run; `kit.last_result()` then holds the partial frame,
+    and the final frame once every row was read. Options as for `run_df`.
+    """
+    job = _job(data, prompt, options, entry="iter_rows")
+    assert isinstance(job, FrameJob)
+    room = (
+        2 * job.config.limits.concurrency if buffer is None else whole("buffer", buffer, minimum=0)
+    )
+
+    def start(job: FrameJob) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigError(
+                "kit.iter_rows runs in `async for` (a notebook cell or a coroutine)"
+            ) from None
+        _attach_display(job)
+        job.task = loop.create_task(job.run(), name=f"notebook_kit-{job.report.run_id}")
+        job.task.add_done_callback(_report_failure)
+
+    return RowStream(job, start, room)
 
 
 @shows_run_options

@@ -1,5 +1,5 @@
-"""One attempt: the provider's call under a deadline, its meters released, its outcome
-published. Streaming will change the call here, not the scheduler."""
+"""One attempt: the provider's call under a deadline (streamed or whole), its meters
+released, its outcome published."""
 
 from __future__ import annotations
 
@@ -10,19 +10,25 @@ from collections.abc import Callable
 from .clock import Clock
 from .deadline import Deadline
 from .errors import CallError
-from .events import AttemptFinished, AttemptStarted, Event
+from .events import AttemptFinished, AttemptStarted, ChunkReceived, EventBus
 from .meters import AttemptOutcome
 from .pricing import cost_of
 from .providers.base import Session
 from .retry import Retrier
 from .rows import Row
+from .streaming import Chunks
 from .types import Completion, ErrorType, Request
 
 log = logging.getLogger("notebook_kit")
 
 
 class Attempts:
-    """Sends the attempts of one run through its provider session."""
+    """Sends the attempts of one run through its provider session.
+
+    Streaming (`whole` set): `timeout` is the longest wait between two chunks and `whole`
+    caps the request; a stream cut mid-way fails the attempt with what it had said in the
+    error, and the retrier decides as for any failure.
+    """
 
     def __init__(
         self,
@@ -31,15 +37,18 @@ class Attempts:
         timeout: float,
         clock: Clock,
         retrier: Retrier,
-        emit: Callable[[Event], None],
+        events: EventBus,
         since: float,
         step: str | None = None,
+        whole: float | None = None,
     ) -> None:
         self._session = session
         self._timeout = timeout
+        self._whole = whole  # None: whole replies
         self._clock = clock
         self._retrier = retrier
-        self._emit = emit
+        self._events = events
+        self._emit = events.emit
         self._since = since  # the run's start on the clock
         self._step = step
 
@@ -49,22 +58,23 @@ class Attempts:
         tries.sent += 1
         attempt = tries.sent
         row.in_flight = True
-        start = self._clock.now() - self._since
+        started = self._clock.now()
+        start = started - self._since
         self._emit(AttemptStarted(start, key, attempt, self._step))
         completion: Completion | None = None
         error: CallError | None = None
         outcome, row.wait, row.cost = "ok", None, None
         try:
-            completion = await self._call(request)
-            row.cost = cost_of(
-                (completion.model, request.model),
-                completion.input_tokens,
-                completion.output_tokens,
-            )
-            row.spent.add(completion, row.cost)
+            if self._whole is None:
+                completion = await self._call(request)
+            else:
+                completion = await self._stream(row, started)
+            row.cost = self._bill(row, completion, request)
             return completion
         except CallError as exc:
             error, outcome = exc, exc.error_type.value
+            if exc.input_tokens is not None or exc.output_tokens is not None:  # a cut stream
+                row.cost = self._bill(row, _billed(exc, request), request)
             row.wait = self._retrier.wait_before_retry(exc, tries)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("row %d attempt %d: %s", key, attempt, exc)
@@ -87,13 +97,20 @@ class Attempts:
                     attempt=attempt,
                     started=start,
                     outcome=outcome,
-                    input_tokens=completion.input_tokens if completion else None,
-                    output_tokens=completion.output_tokens if completion else None,
+                    input_tokens=(completion or _billed(error, request)).input_tokens,
+                    output_tokens=(completion or _billed(error, request)).output_tokens,
                     cost_usd=row.cost,
                     wait_s=row.wait,
                     step=self._step,
                 )
             )
+
+    def _bill(self, row: Row, completion: Completion, request: Request) -> float | None:
+        cost = cost_of(
+            (completion.model, request.model), completion.input_tokens, completion.output_tokens
+        )
+        row.spent.add(completion, cost)
+        return cost
 
     async def _call(self, request: Request) -> Completion:
         try:
@@ -103,3 +120,44 @@ class Attempts:
             raise CallError(
                 ErrorType.TIMEOUT, f"no reply within timeout={self._timeout:g} s"
             ) from None
+
+    async def _stream(self, row: Row, started: float) -> Completion:
+        """The reply read chunk by chunk: idle and whole-request deadlines, time to first
+        token, and each piece to whoever listens (the panel's peek)."""
+        assert self._whole is not None
+        clock, key = self._clock, row.request.key
+        whole = Deadline(self._whole, clock)
+        idle = Deadline(self._timeout, clock, idle=True)
+        on_text: Callable[[str], None] | None = None
+        if self._events.wants(ChunkReceived):
+            since, emit, step = self._since, self._emit, self._step
+
+            def on_text(delta: str) -> None:
+                emit(ChunkReceived(clock.now() - since, key, delta, step))
+
+        chunks = Chunks(clock, idle, on_text)
+        try:
+            async with whole, idle:
+                completion = await self._session.stream(row.request, chunks)
+        except TimeoutError:
+            if idle.expired:
+                message = f"no chunk within timeout={self._timeout:g} s"
+            else:
+                message = f"the reply took longer than total_timeout={self._whole:g} s"
+            raise CallError(ErrorType.TIMEOUT, message + chunks.partial_note()) from None
+        except CallError as exc:
+            raise exc.with_note(chunks.partial_note()) from None
+        finally:
+            if chunks.first_at is not None:
+                row.ttft = round(chunks.first_at - started, 4)
+        return completion
+
+
+def _billed(error: CallError | None, request: Request) -> Completion:
+    """What a failed request was billed, as far as the provider said (a cut stream)."""
+    return Completion(
+        text="",
+        model=request.model,
+        input_tokens=error.input_tokens if error is not None else None,
+        output_tokens=error.output_tokens if error is not None else None,
+    )

@@ -100,7 +100,9 @@ class RunConfig:
     model: str
     limits: Limits = field(default_factory=Limits)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    timeout: float = 120.0  # seconds per attempt
+    timeout: float = 120.0  # seconds per attempt; streaming: the longest wait between chunks
+    stream: bool = False  # read replies as they are written (time to first token, no cut)
+    total_timeout: float | None = None  # streaming: a whole request at most (None: 10 x timeout)
     params: dict[str, Any] = field(default_factory=dict)  # passed to the model as is
     budget_usd: float | None = None  # spend at most this much (needs max_tokens and a price)
     pause_at_budget: bool = False  # a background job pauses at the budget; a run stops
@@ -108,6 +110,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         number("timeout", self.timeout, above=0)
+        if self.total_timeout is not None:
+            number("total_timeout", self.total_timeout, above=0)
         if self.budget_usd is not None:
             number("budget_usd", self.budget_usd)
 
@@ -124,6 +128,8 @@ class RunConfig:
             "max_attempts": self.retry.max_attempts,
             "retry": self.retry.describe(),
             "timeout": self.timeout,
+            "stream": self.stream,
+            "total_timeout": self.total_timeout,
             "budget_usd": self.budget_usd,
             "schema": None if self.schema is None else self.schema.name,
         }
@@ -143,9 +149,19 @@ class RunConfig:
             ),
             retry=RetryPolicy(**retry),
             timeout=meta.get("timeout", RunConfig.timeout),
+            stream=bool(meta.get("stream", False)),
+            total_timeout=meta.get("total_timeout"),
             params=dict(meta.get("params") or {}),
             budget_usd=meta.get("budget_usd"),
         )
+
+
+def whole_request_timeout(config: RunConfig) -> float:
+    """The longest one request may take: `timeout`, or when streaming `total_timeout`
+    (default ten idle timeouts, so a trickling server cannot hold a row forever)."""
+    if not config.stream:
+        return config.timeout
+    return config.total_timeout if config.total_timeout is not None else 10 * config.timeout
 
 
 def check_budget(config: RunConfig) -> None:

@@ -18,23 +18,34 @@ GRACE = 1.0  # seconds a stalled request gets to deliver a reply that arrived me
 
 
 class Deadline:
-    """`async with Deadline(seconds, clock):` raises TimeoutError if the body takes too long."""
+    """`async with Deadline(seconds, clock):` raises TimeoutError if the body takes too long.
 
-    def __init__(self, seconds: float, clock: Clock) -> None:
+    `idle=True`: too long since the last `touch()` (a streamed chunk) instead; a touch only
+    records the time, the timer is moved when it fires.
+    """
+
+    def __init__(self, seconds: float, clock: Clock, *, idle: bool = False) -> None:
         self._seconds = seconds
         self._clock = clock
+        self._idle = idle
         self._task: asyncio.Task[object] | None = None
         self._handle: Cancellable | None = None
         self._due = 0.0
-        self._expired = False
+        self._last = 0.0  # the last touch
+        self.expired = False
 
     async def __aenter__(self) -> Deadline:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("Deadline must be used inside a task")
         self._task = task
-        self._arm(self._clock.now() + self._seconds)
+        self._last = self._clock.now()
+        self._arm(self._last + self._seconds)
         return self
+
+    def touch(self) -> None:
+        """Something arrived: an idle deadline counts from now."""
+        self._last = self._clock.now()
 
     async def __aexit__(
         self,
@@ -44,7 +55,7 @@ class Deadline:
     ) -> None:
         if self._handle is not None:
             self._handle.cancel()
-        expired = self._expired and exc_type is asyncio.CancelledError
+        expired = self.expired and exc_type is asyncio.CancelledError
         if expired and self._task is not None and self._task.uncancel() == 0:
             raise TimeoutError(f"no reply within {self._seconds:g} s") from None
 
@@ -57,6 +68,9 @@ class Deadline:
         if now - self._due > STALL:
             self._arm(now + GRACE)  # we were not running: let pending I/O be read first
             return
-        self._expired = True
+        if self._idle and self._last + self._seconds > now:  # a chunk came since
+            self._arm(self._last + self._seconds)
+            return
+        self.expired = True
         assert self._task is not None
         self._task.cancel()

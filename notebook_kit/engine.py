@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from .attempt import Attempts
 from .cache import Cache
 from .clock import Clock, LoopClock
-from .config import RunConfig
+from .config import RunConfig, whole_request_timeout
 from .dedupe import Reuse
 from .errors import RUN_ERRORS, CallError, RunError
 from .events import (
@@ -184,15 +184,18 @@ class Engine:
         Items may arrive asynchronously (a pipeline's step is fed as earlier steps finish)."""
         limit = self.concurrency.limit.total
         self._emit(LimitChanged(t=0.0, limit=limit, target=limit, step=self.step))
-        async with self.provider.session(timeout=self.config.timeout, clock=self.clock) as s:
+        config = self.config
+        longest = whole_request_timeout(config)
+        async with self.provider.session(timeout=longest, clock=self.clock) as s:
             self._attempts = Attempts(
                 s,
-                timeout=self.config.timeout,
+                timeout=config.timeout,
                 clock=self.clock,
                 retrier=self._retrier,
-                emit=self._emit,
+                events=self.events,
                 since=self._t0,
                 step=self.step,
+                whole=longest if config.stream else None,
             )
             remaining = items if isinstance(items, AsyncIterator) else iter(items)
             try:

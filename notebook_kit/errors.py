@@ -82,12 +82,28 @@ class CallError(NotebookKitError):
         status: int | None = None,
         retry_after: float | None = None,
         request_id: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.status = status
         self.retry_after = retry_after
         self.request_id = request_id
+        self.input_tokens = input_tokens  # billed before the request failed (a cut stream)
+        self.output_tokens = output_tokens
+
+    def with_note(self, note: str) -> CallError:
+        """The same error, its message followed by `note`."""
+        return CallError(
+            self.error_type,
+            f"{self}{note}",
+            status=self.status,
+            retry_after=self.retry_after,
+            request_id=self.request_id,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+        )
 
     @property
     def retryable(self) -> bool:

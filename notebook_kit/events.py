@@ -10,6 +10,7 @@ subscriber that does not ask for them never sees them.
     AttemptStarted    one request goes out
     AttemptFinished   it came back: outcome, tokens, cost, and the wait before a retry
     RowFinished       the row's final result (also for cache, dedupe and input rows)
+    ChunkReceived     a piece of a streamed reply (only made when someone listens)
     LimitChanged      the concurrency limit moved (slider or 429s)
     Paused, Resumed   by the user or at the budget
     StopRequested     Stop, an interrupt, a run error or the budget: nothing new starts
@@ -75,6 +76,15 @@ class RowFinished(NamedTuple):
     result: RowResult
     step: str | None = None
     source: Source = "call"
+
+
+class ChunkReceived(NamedTuple):
+    """A piece of a streamed reply (made only when someone listens: the panel's peek)."""
+
+    t: float
+    key: int
+    text: str  # the new piece, not the text so far
+    step: str | None = None
 
 
 class LimitChanged(NamedTuple):

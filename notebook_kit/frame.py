@@ -30,6 +30,7 @@ STATUS_COLUMNS = (
     "error_type",
     "attempts",
     "latency_s",
+    "ttft_s",
     "input_tokens",
     "output_tokens",
     "cost_usd",
@@ -41,6 +42,7 @@ STATUS_COLUMNS = (
 _DTYPES = {
     "attempts": "Int64",
     "latency_s": "Float64",
+    "ttft_s": "Float64",
     "input_tokens": "Int64",
     "output_tokens": "Int64",
     "cost_usd": "Float64",

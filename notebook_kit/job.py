@@ -17,10 +17,10 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import AbstractAsyncContextManager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
@@ -34,9 +34,13 @@ from .events import Event, EventBus
 from .pricing import prices_as_of
 from .providers.base import Provider
 from .reporting import RunReport, Snapshot
-from .types import RowStatus
+from .types import Request, RowResult, RowStatus
+
+if TYPE_CHECKING:
+    from .row_stream import FinishedRow
 
 Display = AbstractAsyncContextManager[object]
+Pace = Callable[[Iterator[Request | RowResult]], AsyncIterator[Request | RowResult]]
 
 
 class Scheduler(Protocol):
@@ -96,7 +100,7 @@ class Job:
         self._pending: deque[Callable[[Scheduler], None]] = deque()  # controls before the start
         self._starting = threading.Lock()  # a control sent while run() starts is not lost
         self._failed = False
-        self._subscribers: list[Callable[[Event], None]] = []
+        self._subscribers: list[tuple[Callable[[Event], None], tuple[type[Any], ...]]] = []
 
     def __repr__(self) -> str:
         snap = self.snapshot()
@@ -146,12 +150,15 @@ class Job:
         state = self.state
         return snap if snap.state == state else dataclasses.replace(snap, state=state)
 
-    def subscribe(self, handler: Callable[[Event], None]) -> None:
-        """Call `handler` on the job's loop with every event of the run (`events.py`)."""
+    def subscribe(
+        self, handler: Callable[[Event], None], kinds: tuple[type[Any], ...] = ()
+    ) -> None:
+        """Call `handler` on the job's loop with every event of the run (`events.py`), or
+        with the events of `kinds` only (events nobody asks for are not even made)."""
         with self._starting:
-            self._subscribers.append(handler)
+            self._subscribers.append((handler, kinds))
             if self.engine is not None:
-                self.engine.events.subscribe(handler)
+                _subscribe(self.engine.events, handler, kinds)
 
     # -- controls (any thread) -----------------------------------------------------------
 
@@ -207,8 +214,8 @@ class Job:
         engine = self._scheduler()
         self.report.attach(engine.events)
         with self._starting:
-            for handler in self._subscribers:
-                engine.events.subscribe(handler)
+            for handler, kinds in self._subscribers:
+                _subscribe(engine.events, handler, kinds)
             self._loop = asyncio.get_running_loop()
             self.engine = engine
             while self._pending:
@@ -292,6 +299,15 @@ class Job:
         }
 
 
+def _subscribe(
+    events: EventBus, handler: Callable[[Event], None], kinds: tuple[type[Any], ...]
+) -> None:
+    if not kinds:
+        events.subscribe(handler)
+    for kind in kinds:
+        events.on(kind, handler)
+
+
 @functools.cache
 def _version(package: str) -> str | None:
     try:
@@ -317,13 +333,30 @@ class FrameJob(Job):
         self.plan = plan
         self.provider = provider
         self.config = config
+        self.pace: Pace | None = None  # holds rows back while a reader of rows lags
+
+    def rows(self) -> AsyncIterator[FinishedRow]:
+        """The rows as they finish (those finished already first), until the run ends."""
+        from .row_stream import RowReader
+
+        reader = RowReader(self)
+        if isinstance(self.engine, Engine):
+            reader.earlier(list(self.engine.results.values()))
+        if self.result is not None or (self.task is not None and self.task.done()):
+            reader.finished()
+        return reader.rows()
+
+    def concurrency_limit(self) -> int:
+        """Requests allowed in flight now."""
+        return self.snapshot().limit
 
     def _scheduler(self) -> Engine:
         total = len(self.plan.frame)
         return Engine(self.provider, self.config, total=total, cache=self.cache, clock=self._clock)
 
     async def _execute(self, scheduler: Engine) -> None:
-        await scheduler.run(self.plan.requests(self.config.params, self.config.schema))
+        items = self.plan.requests(self.config.params, self.config.schema)
+        await scheduler.run(self.pace(items) if self.pace is not None else items)
 
     def _frame(
         self,

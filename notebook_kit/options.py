@@ -52,7 +52,9 @@ class RunOptions(TypedDict, total=False):
     limits: Limits | None  # all of the above in one object
     # when to give up
     max_attempts: int | None  # requests per row at most (429s not counted)
-    timeout: float | None  # seconds per attempt
+    timeout: float | None  # seconds per attempt (streaming: the longest wait between chunks)
+    stream: bool | None  # read replies as they are written: time to first token, no cut
+    total_timeout: float | None  # streaming: seconds a whole request may take (10 x timeout)
     retry: RetryPolicy | None  # backoff, Retry-After cap, 429 patience, a tenacity wait
     # money
     cache: bool | str | Path | Cache | None  # True (default file), False, a path or a Cache
@@ -137,6 +139,8 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     "limits": _kind(Limits),
     "max_attempts": lambda name, value: whole(name, value, minimum=1),
     "timeout": lambda name, value: number(name, value, above=0),
+    "stream": _flag,
+    "total_timeout": lambda name, value: number(name, value, above=0),
     "retry": _kind(RetryPolicy),
     "cache": _kind(bool, str, Path, Cache),
     "budget_usd": lambda name, value: number(name, value),
@@ -261,6 +265,8 @@ def run_config(
         limits=dataclasses.replace(limits, **parts) if parts else limits,
         retry=retry,
         timeout=options.get("timeout") or base.timeout,
+        stream=base.stream if options.get("stream") is None else bool(options.get("stream")),
+        total_timeout=options.get("total_timeout") or base.total_timeout,
         params={**base.params, **(options.get("params") or {})},
         budget_usd=options.get("budget_usd", base.budget_usd),
         pause_at_budget=pause_at_budget,

@@ -25,6 +25,7 @@ from .errors import RunError
 from .events import (
     AttemptFinished,
     AttemptStarted,
+    ChunkReceived,
     EventBus,
     LimitChanged,
     Paused,
@@ -41,7 +42,14 @@ from .reporting import RunStats, Snapshot
 from .steps import Stage
 from .types import ErrorType, Request, RowResult, RowStatus
 
-FORWARDED = (RowStarted, AttemptStarted, AttemptFinished, RowFinished, LimitChanged)
+FORWARDED = (
+    RowStarted,
+    AttemptStarted,
+    AttemptFinished,
+    RowFinished,
+    LimitChanged,
+    ChunkReceived,
+)
 # a pipeline's request counters: the sums of its steps'
 SUMMED = (
     "in_flight",

@@ -50,6 +50,7 @@ class Row:
     tries: RowTries = dataclasses.field(default_factory=RowTries)
     in_flight: bool = False
     latency: float | None = None  # seconds the last request took
+    ttft: float | None = None  # streaming: seconds to the last request's first token
     wait: float | None = None  # the retrier's wait after the last failure (None: final)
     cost: float | None = None  # what the last reply was billed
     spent: Spent = dataclasses.field(default_factory=lambda: Spent())  # by all its replies
@@ -85,6 +86,7 @@ class Row:
             text=completion.text,
             attempts=self.tries.sent,
             latency_s=self.latency,
+            ttft_s=self.ttft,
             input_tokens=self.spent.input_tokens,
             output_tokens=self.spent.output_tokens,
             cost_usd=self.spent.cost_usd,
@@ -128,6 +130,7 @@ class Row:
             error_type=error.error_type,
             attempts=self.tries.sent,
             latency_s=self.latency,
+            ttft_s=self.ttft,
             input_tokens=self.spent.input_tokens,
             output_tokens=self.spent.output_tokens,
             cost_usd=self.spent.cost_usd,

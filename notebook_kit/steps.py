@@ -38,6 +38,7 @@ STEP_COLUMNS = (
     "error_type",
     "attempts",
     "latency_s",
+    "ttft_s",
     "input_tokens",
     "output_tokens",
     "cost_usd",

@@ -132,6 +132,7 @@ class RowResult:
     error_type: ErrorType | None = None
     attempts: int = 0
     latency_s: float | None = None
+    ttft_s: float | None = None  # streaming: seconds to the first content token
     input_tokens: int | None = None
     output_tokens: int | None = None
     cost_usd: float | None = None  # what this run paid for all the row's replies (0: cache)

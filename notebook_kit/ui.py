@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .kernel import Shown, cell_number, publish_missing_idle
+from .peek import MAX_ROWS as MAX_PEEK_ROWS, Peek, Tails
 from .progress import Ticker
 
 if TYPE_CHECKING:
@@ -71,6 +72,22 @@ class _JobPanel(_Callbacks, Ticker):
         self.stop.on_click(self.guard(lambda _: job.cancel()))
         self._shown: list[Shown] = []
         self._error = ""  # why the run ended early, for the summary
+        self.peek_box = widgets.HTML()  # the replies streaming now, when a run streams
+        self.peek: Peek | None = None
+
+    def _add_peek(self, job: Job, streaming: bool) -> None:
+        """Watch the replies as they stream in (not for runs over 10,000 rows)."""
+        if streaming and len(job.frame) <= MAX_PEEK_ROWS:
+            self.peek = Peek(self._show_peek)
+            job.subscribe(self.peek.handle, Peek.kinds)
+
+    def _show_peek(self, tails: Tails) -> None:
+        lines = [
+            f"<b>{html.escape(where)}</b> …{html.escape(' '.join(text.split()))}"
+            for where, text in tails
+        ]
+        inner = "<br>".join(lines).replace("$", "&#36;")  # no math typesetting
+        self.peek_box.value = f"<div style='font-family:monospace'>{inner}</div>" if lines else ""
 
     def _controls(self) -> list[Any]:
         """The widgets a user changes (disabled once the run ends)."""
@@ -120,6 +137,7 @@ class _JobPanel(_Callbacks, Ticker):
             self.pause.value = False
         for control in self._controls():
             control.disabled = True
+        self.peek_box.value = ""  # nothing streams any more
         self.show(None if isinstance(error, asyncio.CancelledError) else error)
         for shown in self._shown:  # the saved notebook keeps the final summary
             shown.update(self.summary(), live=False)
@@ -177,10 +195,12 @@ class Panel(_JobPanel):
                 widgets.HBox([self.concurrency, self.effective, self.model]),
                 widgets.HBox([self.pause, self.stop, self.bar]),
                 self.status,
+                self.peek_box,
                 self.hint,
                 self.log,
             ]
         )
+        self._add_peek(job, job.config.stream)
         self._watch_controls()
         self.concurrency.observe(
             self.guard(lambda change: job.set_concurrency(change["new"])), names="value"
@@ -217,10 +237,12 @@ class PipelinePanel(_JobPanel):
                 *(line.widget for line in self.steps.values()),
                 widgets.HBox([self.pause, self.stop, self.bar]),
                 self.status,
+                self.peek_box,
                 self.hint,
                 self.log,
             ]
         )
+        self._add_peek(job, any(s.config and s.config.stream for s in job.plan.stages))
         self._watch_controls()
 
     def _slider(self, step: str) -> Callable[[Any], None]:

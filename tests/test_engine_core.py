@@ -17,6 +17,7 @@ from notebook_kit.config import Limits, RunConfig
 from notebook_kit.engine import Engine
 from notebook_kit.providers.base import Provider
 from notebook_kit.reporting import RunReport
+from notebook_kit.streaming import Chunks
 from notebook_kit.types import Completion, Request, RowStatus
 
 
@@ -42,6 +43,11 @@ class SpyProvider(Provider):
     @asynccontextmanager
     async def session(self, *, timeout: float, clock: Clock) -> AsyncIterator[SpyProvider]:
         yield self
+
+    async def stream(self, request: Request, chunks: Chunks) -> Completion:
+        completion = await self.complete(request)
+        chunks.text(completion.text)
+        return completion
 
     async def complete(self, request: Request) -> Completion:
         self.in_flight += 1

@@ -7,16 +7,17 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from ..clock import Clock
 from ..errors import MissingKeyError
 from ..secrets import MASK, Redactor, Secret, check_base_url, read_key
+from ..streaming import Chunks
 from ..types import Completion, OutputSchema, RateInfo, Request
 from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, check_sdk_params, rate_info, refuses
-from .replies import invalid, label, reply_json, text_of, usage_of
+from .replies import invalid, label, reply_json, text_of, token_count, usage_of
 
 ENV_KEY = "ANTHROPIC_API_KEY"
 log = logging.getLogger("notebook_kit")
@@ -99,12 +100,18 @@ class _AnthropicSession(SDKSession):
     forced_tool = False
 
     async def _call(self, request: Request) -> Completion:
+        return await self._shaped(request, self._send)
+
+    async def _stream(self, request: Request, chunks: Chunks) -> Completion:
+        return await self._shaped(request, functools.partial(self._send_streamed, chunks=chunks))
+
+    async def _shaped(
+        self, request: Request, send: Callable[[Request, dict[str, Any]], Awaitable[Completion]]
+    ) -> Completion:
         schema = request.schema
         if schema is not None and not self.forced_tool:
             try:
-                return await self._send(
-                    request, {"output_config": {"format": output_format(schema)}}
-                )
+                return await send(request, {"output_config": {"format": output_format(schema)}})
             except Exception as exc:
                 if not refuses(exc, self._sdk, ("output_config", "output_format", "json_schema")):
                     raise
@@ -113,20 +120,46 @@ class _AnthropicSession(SDKSession):
         if schema is not None:
             tool = {"name": tool_name(schema), "input_schema": schema.json_schema}
             forced = {"type": "tool", "name": tool["name"]}
-            return await self._send(request, {"tools": [tool], "tool_choice": forced})
-        return await self._send(request, {})
+            return await send(request, {"tools": [tool], "tool_choice": forced})
+        return await send(request, {})
 
-    async def _send(self, request: Request, extra: dict[str, Any]) -> Completion:
+    def _params(self, request: Request, extra: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         system, messages = split_system(request.messages)
         params = {**request.params, **extra}
         if system:
             params["system"] = system
+        return messages, params
+
+    async def _send(self, request: Request, extra: dict[str, Any]) -> Completion:
+        messages, params = self._params(request, extra)
         raw = await self._client.messages.with_raw_response.create(
             model=request.model, messages=messages, **params
         )
         request_id = label(raw.headers.get("request-id"))
         body = reply_json(await raw.read(), request_id, self._redact)
         return _completion(body, request, request_id, rate_info(raw.headers))
+
+    async def _send_streamed(
+        self, request: Request, extra: dict[str, Any], *, chunks: Chunks
+    ) -> Completion:
+        messages, params = self._params(request, extra)
+        raw = await self._client.messages.with_raw_response.create(
+            model=request.model, messages=messages, stream=True, **params
+        )
+        request_id = label(raw.headers.get("request-id"))
+        reader = EventReader(request.model)
+        try:
+            async for event in await raw.parse():
+                reader.read(event, chunks)
+        except ValueError:  # a record that is not JSON
+            raise invalid("malformed stream: an event is not JSON", request_id) from None
+        except Exception as exc:  # cut: with the tokens billed so far, when the stream said
+            error = self._error(exc)
+            if error is None:
+                raise
+            error.input_tokens, error.output_tokens = reader.input_tokens, reader.output_tokens
+            raise error from None
+        return reader.completion(chunks, request_id, rate_info(raw.headers))
 
 
 @functools.cache
@@ -167,6 +200,57 @@ def _completion(
         request_id=request_id,
         rate=rate,
     )
+
+
+class EventReader:
+    """What a Messages event stream said besides its text: usage (input in message_start,
+    output in message_delta), stop reason, model. Reads fields of any type."""
+
+    __slots__ = ("input_tokens", "model", "output_tokens", "stop")
+
+    def __init__(self, model: str | None) -> None:
+        self.model = model
+        self.stop: str | None = None
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+
+    def read(self, event: Any, chunks: Chunks) -> None:
+        kind = getattr(event, "type", None)
+        if kind == "content_block_delta":
+            delta = getattr(event, "delta", None)
+            piece = getattr(delta, "text", None)
+            if piece is None:
+                piece = getattr(delta, "partial_json", None)  # a forced tool's input
+            chunks.text(piece if isinstance(piece, str) else "")
+            return
+        chunks.alive()
+        if kind == "message_start":
+            message = getattr(event, "message", None)
+            usage = getattr(message, "usage", None)
+            self.input_tokens = token_count(getattr(usage, "input_tokens", None))
+            self.output_tokens = token_count(getattr(usage, "output_tokens", None))
+            self.model = label(getattr(message, "model", None)) or self.model
+        elif kind == "message_delta":
+            self.stop = label(getattr(getattr(event, "delta", None), "stop_reason", None))
+            usage = getattr(event, "usage", None)
+            output = token_count(getattr(usage, "output_tokens", None))
+            self.output_tokens = output if output is not None else self.output_tokens
+            given = token_count(getattr(usage, "input_tokens", None))
+            self.input_tokens = given if given else self.input_tokens
+
+    def completion(
+        self, chunks: Chunks, request_id: str | None, rate: RateInfo | None
+    ) -> Completion:
+        stop = "end_turn" if self.stop == "tool_use" else self.stop  # a forced tool's answer
+        return Completion(
+            text=chunks.so_far,
+            model=self.model,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            finish_reason=FINISH_REASONS.get(stop, stop) if stop else None,
+            request_id=request_id,
+            rate=rate,
+        )
 
 
 def split_system(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:

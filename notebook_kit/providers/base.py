@@ -18,8 +18,9 @@ from typing import Any, ClassVar, Protocol
 from ..clock import Clock
 from ..errors import CallError, ConfigError
 from ..secrets import Redactor
+from ..streaming import Chunks
 from ..types import Completion, ErrorType, OutputSchema, RateInfo, Request
-from .status import status_error
+from .status import ErrorBody, status_error
 
 SDK_TIMEOUT_SLACK = 30.0  # the SDK's own timeout is only a backstop behind the kit's deadline
 
@@ -29,6 +30,11 @@ class Session(Protocol):
 
     async def complete(self, request: Request) -> Completion:
         """Send one request; raise `CallError` on failure."""
+        ...
+
+    async def stream(self, request: Request, chunks: Chunks) -> Completion:
+        """Send one request and read its reply as it is written, each piece to `chunks`;
+        raise `CallError` on failure (with the tokens billed so far, when known)."""
         ...
 
 
@@ -197,6 +203,24 @@ def transport_error(exc: BaseException, redact: Redactor) -> CallError:
     return CallError(ErrorType.CONNECTION, f"connection failed ({redact(detail)[:200]})")
 
 
+TRANSPORTS = ("httpx", "httpx2", "httpcore", "h11", "aiohttp", "httpx_aiohttp")
+
+
+def _is_transport(exc: Exception) -> bool:
+    """An HTTP library's error reaching us unwrapped: a stream cut while being read."""
+    return type(exc).__module__.split(".")[0] in TRANSPORTS
+
+
+def stream_error(body: object, redact: Redactor) -> CallError:
+    """An error event inside a 200 stream: the server gave up mid-reply (overloaded, a
+    server error), so the request is worth sending again; a rate limit is a 429."""
+    error = ErrorBody.read(body)
+    tags = {tag.lower() for tag in (error.type, error.code) if tag}
+    kind = ErrorType.RATE_LIMIT if any("rate_limit" in t for t in tags) else ErrorType.SERVER
+    summary = redact(error.summary(200, "no message"))
+    return CallError(kind, f"the stream stopped with an error: {summary}"[:300])
+
+
 SCHEMA_INSTRUCTION = "Answer with one JSON object that fits this JSON schema: "
 
 
@@ -233,6 +257,10 @@ class SDKSession(ABC):
     async def _call(self, request: Request) -> Completion:
         """Send `request` with the SDK and build the completion from its reply."""
 
+    @abstractmethod
+    async def _stream(self, request: Request, chunks: Chunks) -> Completion:
+        """Send `request` streamed, each piece of content to `chunks`."""
+
     async def complete(self, request: Request) -> Completion:
         try:
             return await self._call(request)
@@ -242,10 +270,21 @@ class SDKSession(ABC):
                 raise
         raise error  # outside `except`: no chained SDK exception (it holds the request headers)
 
+    async def stream(self, request: Request, chunks: Chunks) -> Completion:
+        try:
+            return await self._stream(request, chunks)
+        except Exception as exc:
+            error = self._error(exc)
+            if error is None:
+                raise
+        raise error
+
     def _error(self, exc: Exception) -> CallError | None:
         sdk = self._sdk
         if isinstance(exc, CallError):
             return exc
+        if isinstance(exc, sdk.APIStatusError) and exc.status_code < 400:  # an error event
+            return stream_error(exc.body, self._redact)
         if isinstance(exc, sdk.APIStatusError):
             return status_error(
                 exc.status_code,
@@ -254,8 +293,10 @@ class SDKSession(ABC):
                 request_id=exc.request_id,
                 redact=self._redact,
             )
-        if isinstance(exc, sdk.APIConnectionError):  # its APITimeoutError too
+        if isinstance(exc, sdk.APIConnectionError) or _is_transport(exc):  # timeouts too
             return transport_error(exc, self._redact)
+        if isinstance(exc, sdk.APIError):  # openai: an error record inside a stream
+            return stream_error(exc.body, self._redact)
         if isinstance(exc, UnicodeEncodeError):
             return CallError(ErrorType.INVALID_INPUT, "the prompt holds text that is not UTF-8")
         return None

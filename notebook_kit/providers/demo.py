@@ -13,6 +13,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..errors import CallError
+from ..streaming import Chunks
 from ..types import Completion, ErrorType, Request
 from . import demo_json
 from .base import Provider
@@ -27,6 +28,9 @@ NEGATIVE = frozenset(
 )
 REFUSAL_SHARE = 0.2  # a 429 comes back after this share of the usual latency
 HANG_SECONDS = 3600.0  # a simulated hang lasts until the kit's timeout gives up on it
+WORDS = re.compile(r"\s*\S+")  # a streamed piece: a word with the space before it
+DEFAULT_STREAM_RATE = 20.0  # words per second of a streamed demo reply
+FILLER = "and so the story goes on with more words about it".split()
 
 
 class DemoProvider(Provider):
@@ -38,6 +42,10 @@ class DemoProvider(Provider):
     429 without Retry-After; a negative or NaN value, as some servers send, is sent as is).
     rpm: a simulated server limit, enforced as rpm/60 requests per sliding second (as
     providers do); requests beyond it get a 429 whose Retry-After says when to come back.
+    Streaming (stream=True): the first word after `latency`, then `stream_rate` words per
+    second (20 when not given). Given, a whole reply also takes as long as its writing.
+    reply_words: replies that long (a deterministic filler after the answer), for long
+    answers.
     """
 
     name = "demo"
@@ -54,8 +62,12 @@ class DemoProvider(Provider):
         retry_after: float | None = 1.0,
         rpm: float | None = None,
         invalid_output_rate: float = 0.0,
+        stream_rate: float | None = None,
+        reply_words: int | None = None,
         seed: int = 0,
     ) -> None:
+        if stream_rate is not None and not stream_rate > 0:
+            raise ValueError(f"stream_rate is words per second, > 0; got {stream_rate}")
         for rate in (error_rate, timeout_rate, rate_limit_rate, invalid_output_rate):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"fault rates are probabilities in [0, 1], got {rate}")
@@ -68,6 +80,8 @@ class DemoProvider(Provider):
         self.retry_after = retry_after
         self.rpm = rpm
         self.invalid_output_rate = invalid_output_rate
+        self.stream_rate = stream_rate
+        self.reply_words = reply_words
         self._rng = random.Random(seed)
         self._recent: deque[float] = deque()  # start times inside the last second
 
@@ -86,6 +100,8 @@ class DemoProvider(Provider):
             "rate_limit_rate": self.rate_limit_rate,
             "rpm": self.rpm,
             "invalid_output_rate": self.invalid_output_rate,
+            "stream_rate": self.stream_rate,
+            "reply_words": self.reply_words,
         }
 
     @asynccontextmanager
@@ -123,6 +139,34 @@ class _DemoSession:
         self._clock = clock
 
     async def complete(self, request: Request) -> Completion:
+        await self._before_reply()
+        completion = self._reply(request)
+        rate = self._model.stream_rate
+        if rate is not None:  # as long as streaming it would take
+            await self._clock.sleep(max(0, len(WORDS.findall(completion.text)) - 1) / rate)
+        return completion
+
+    async def stream(self, request: Request, chunks: Chunks) -> Completion:
+        """The same reply, a word at a time at the model's `stream_rate`."""
+        await self._before_reply()
+        completion = self._reply(request)
+        pause = 1.0 / (self._model.stream_rate or DEFAULT_STREAM_RATE)
+        for number, word in enumerate(WORDS.findall(completion.text)):
+            if number:
+                await self._clock.sleep(pause)
+            chunks.text(word)
+        return completion
+
+    def _reply(self, request: Request) -> Completion:
+        model = self._model
+        if request.schema is not None:
+            return structured_reply(
+                request, spoiled=model._rng.random() < model.invalid_output_rate
+            )
+        return reply(request, length=model.reply_words)
+
+    async def _before_reply(self) -> None:
+        """The simulated faults, and the latency before the (first word of the) reply."""
         model, sleep = self._model, self._clock.sleep
         refusal = model._check_rpm(self._clock.now())
         draw = model._rng.random()
@@ -144,17 +188,15 @@ class _DemoSession:
         await sleep(delay)
         if draw < model.error_rate:
             raise CallError(ErrorType.SERVER, "HTTP 500: simulated server error", status=500)
-        if request.schema is not None:
-            return structured_reply(
-                request, spoiled=model._rng.random() < model.invalid_output_rate
-            )
-        return reply(request)
 
 
-def reply(request: Request) -> Completion:
-    """The demo model's deterministic answer to a request."""
+def reply(request: Request, *, length: int | None = None) -> Completion:
+    """The demo model's deterministic answer to a request (`length` words, if given)."""
     prompt = str(request.messages[-1].get("content", "")) if request.messages else ""
     text = _answer(prompt)
+    if length is not None:
+        padded = text.split() + [FILLER[i % len(FILLER)] for i in range(length)]
+        text = " ".join(padded[:length])
     words = text.split()
     finish = "stop"
     max_tokens = request.params.get("max_tokens")

@@ -6,13 +6,14 @@ import functools
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from ..clock import Clock
 from ..errors import CallError, ConfigError, MissingKeyError
 from ..secrets import MASK, Redactor, Secret, check_base_url, read_key
+from ..streaming import Chunks
 from ..types import Completion, ErrorType, OutputSchema, RateInfo, Request
 from .base import (
     SDK_TIMEOUT_SLACK,
@@ -23,7 +24,7 @@ from .base import (
     refuses,
     with_schema_instruction,
 )
-from .replies import invalid, label, reply_json, text_of, usage_of
+from .replies import invalid, label, reply_json, text_of, token_count, usage_of
 
 ENV_KEY = "OPENAI_API_KEY"
 log = logging.getLogger("notebook_kit")
@@ -91,27 +92,75 @@ class OpenAIProvider(Provider):
             await client.close()
 
 
+Send = Callable[[Request, list[dict[str, Any]], dict[str, Any]], Awaitable[Completion]]
+
+
 class _OpenAISession(SDKSession):
     """Under schema=: json_schema, until a server answers 400 to it; then, for the rest of
-    the run, json_object with the schema in a system line (the reply is still validated)."""
+    the run, json_object with the schema in a system line (the reply is still validated).
+    Streamed: with `stream_options` asking for usage, until a server refuses it or sends
+    none; then without, and tokens and cost are unknown."""
 
     json_object = False
+    usage_option = True
 
     async def _call(self, request: Request) -> Completion:
+        return await self._shaped(request, self._send)
+
+    async def _stream(self, request: Request, chunks: Chunks) -> Completion:
+        return await self._shaped(request, functools.partial(self._send_streamed, chunks=chunks))
+
+    async def _shaped(self, request: Request, send: Send) -> Completion:
         schema = request.schema
         if schema is None:
-            return await self._send(request, request.messages, request.params)
+            return await send(request, request.messages, request.params)
         if not self.json_object:
             strict = {**request.params, "response_format": response_format(schema)}
             try:
-                return await self._send(request, request.messages, strict)
+                return await send(request, request.messages, strict)
             except Exception as exc:
                 if not refuses(exc, self._sdk, ("response_format", "json_schema")):
                     raise
                 self.json_object = True  # once per run; this row is sent again below
                 log.warning("the server refused json_schema: asking for json_object instead")
         loose = {**request.params, "response_format": {"type": "json_object"}}
-        return await self._send(request, with_schema_instruction(request.messages, schema), loose)
+        return await send(request, with_schema_instruction(request.messages, schema), loose)
+
+    async def _send_streamed(
+        self,
+        request: Request,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        *,
+        chunks: Chunks,
+    ) -> Completion:
+        create = self._client.chat.completions.with_raw_response.create
+        while True:
+            usage = {"stream_options": {"include_usage": True}} if self.usage_option else {}
+            try:
+                raw = await create(
+                    model=request.model, messages=messages, stream=True, **usage, **params
+                )
+                break
+            except Exception as exc:
+                if not self.usage_option or not refuses(exc, self._sdk, ("stream_options",)):
+                    raise
+                self._no_usage("the server refused stream_options")
+        request_id = label(raw.headers.get("x-request-id"))
+        reader = ChunkReader(request.model)
+        try:
+            async for chunk in raw.parse():
+                reader.read(chunk, chunks)
+        except ValueError:  # a record that is not JSON
+            raise invalid("malformed stream: a chunk is not JSON", request_id) from None
+        if self.usage_option and reader.input_tokens is None:
+            self._no_usage("the server sent no usage")
+        return reader.completion(chunks, request_id, rate_info(raw.headers))
+
+    def _no_usage(self, why: str) -> None:
+        """Stream without asking for usage from now on (once per run)."""
+        self.usage_option = False
+        log.warning("%s: streaming without it, so tokens and cost are unknown", why)
 
     async def _send(
         self, request: Request, messages: list[dict[str, Any]], params: dict[str, Any]
@@ -166,6 +215,61 @@ def _free_keys(schema: Any, path: str) -> str | None:
             if found:
                 return found
     return None
+
+
+class ChunkReader:
+    """What a Chat Completions stream said besides its content: finish reason, refusal,
+    usage (in a last chunk with no choices), model. Reads fields of any type."""
+
+    __slots__ = ("finish", "input_tokens", "model", "output_tokens", "refusal")
+
+    def __init__(self, model: str | None) -> None:
+        self.model = model
+        self.finish: str | None = None
+        self.refusal: list[str] = []
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+
+    def read(self, chunk: Any, chunks: Chunks) -> None:
+        choices = getattr(chunk, "choices", None)
+        if isinstance(choices, list) and choices:
+            choice = choices[0]
+            delta = getattr(choice, "delta", None)
+            content = getattr(delta, "content", None)
+            chunks.text(content if isinstance(content, str) else text_of(content))
+            refusal = getattr(delta, "refusal", None)
+            if isinstance(refusal, str):
+                self.refusal.append(refusal)
+            self.finish = label(getattr(choice, "finish_reason", None)) or self.finish
+        else:
+            chunks.alive()
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self.input_tokens = token_count(getattr(usage, "prompt_tokens", None))
+            self.output_tokens = token_count(getattr(usage, "completion_tokens", None))
+        self.model = label(getattr(chunk, "model", None)) or self.model
+
+    def completion(
+        self, chunks: Chunks, request_id: str | None, rate: RateInfo | None
+    ) -> Completion:
+        if self.finish == "content_filter":
+            raise CallError(
+                ErrorType.CONTENT_FILTER,
+                "the provider's content filter stopped the reply",
+                request_id=request_id,
+            )
+        text, finish = chunks.so_far, self.finish
+        if not text and self.refusal:
+            text, finish = "".join(self.refusal), "refusal"
+        return Completion(
+            text=text,
+            model=self.model,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            finish_reason=finish,
+            request_id=request_id,
+            rate=rate,
+        )
 
 
 def _completion(
