@@ -150,6 +150,21 @@ class Job:
         state = self.state
         return snap if snap.state == state else dataclasses.replace(snap, state=state)
 
+    def rows(self) -> AsyncIterator[FinishedRow]:
+        """The rows as they finish (those finished already first), until the run ends."""
+        from .row_stream import RowReader
+
+        reader = RowReader(self)
+        if self.engine is not None:
+            reader.earlier(self._finished_rows())
+        if self.result is not None or (self.task is not None and self.task.done()):
+            reader.finished()
+        return reader.rows()
+
+    def _finished_rows(self) -> list[RowResult]:
+        """The whole rows finished so far, in the order they finished."""
+        raise NotImplementedError
+
     def subscribe(
         self, handler: Callable[[Event], None], kinds: tuple[type[Any], ...] = ()
     ) -> None:
@@ -335,20 +350,12 @@ class FrameJob(Job):
         self.config = config
         self.pace: Pace | None = None  # holds rows back while a reader of rows lags
 
-    def rows(self) -> AsyncIterator[FinishedRow]:
-        """The rows as they finish (those finished already first), until the run ends."""
-        from .row_stream import RowReader
-
-        reader = RowReader(self)
-        if isinstance(self.engine, Engine):
-            reader.earlier(list(self.engine.results.values()))
-        if self.result is not None or (self.task is not None and self.task.done()):
-            reader.finished()
-        return reader.rows()
-
     def concurrency_limit(self) -> int:
         """Requests allowed in flight now."""
         return self.snapshot().limit
+
+    def _finished_rows(self) -> list[RowResult]:
+        return list(self.engine.results.values()) if isinstance(self.engine, Engine) else []
 
     def _scheduler(self) -> Engine:
         total = len(self.plan.frame)

@@ -72,6 +72,9 @@ class PipelineJob(Job):
     def steps(self) -> list[str]:
         return [s.name for s in self.plan.stages]
 
+    def _finished_rows(self) -> list[RowResult]:
+        return list(self.engine.rows.values()) if isinstance(self.engine, Pipeline) else []
+
     def _scheduler(self) -> Pipeline:
         frame, stages = self.plan.frame, self.plan.stages
         whole_rows = any(s.step.fn is not None or s.step.when is not None for s in stages)

@@ -22,7 +22,7 @@ from .events import RowFinished, RunFinished, StopRequested
 from .types import RowResult
 
 if TYPE_CHECKING:
-    from .job import FrameJob
+    from .job import FrameJob, Job
     from .types import Request
 
 _END = object()
@@ -80,11 +80,11 @@ class FinishedRow:
 class RowReader:
     """The finished rows of one job, handed out in completion order."""
 
-    def __init__(self, job: FrameJob) -> None:
+    def __init__(self, job: Job) -> None:
         self._job = job
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._seen: set[int] = set()
-        frame = job.plan.frame
+        frame = job.frame
         self._index = list(frame.index)
         self._columns = {str(c): frame[c].tolist() for c in frame.columns}
         job.subscribe(self._event, (RowFinished, RunFinished))
