@@ -156,3 +156,40 @@ async def test_the_peek_shows_at_most_ten_updates_a_second_and_five_rows() -> No
     assert all(len(tails) <= 5 for _, tails in shown)
     assert all(len(text) <= 80 for _, tails in shown for _, text in tails)
     assert any(tails for _, tails in shown)
+
+
+async def test_a_streaming_runs_panel_peeks_at_the_replies_and_a_long_run_has_no_peek() -> None:
+    demo = kit.DemoProvider(latency=0.05, stream_rate=200.0, reply_words=40)
+    job = kit.start(prompts(6), "prompt", provider=demo, stream=True, panel=True, cache=False)
+    assert job.panel is not None and job.panel.peek is not None
+    peeked: list[str] = []
+    job.panel.peek_box.observe(lambda change: peeked.append(change["new"]), names="value")
+    await job
+    assert any("row " in html and "…" in html for html in peeked)
+    assert job.panel.peek_box.value == ""  # nothing streams once the run is over
+    quiet = kit.start(prompts(6), "prompt", provider=demo, panel=True, cache=False)
+    assert quiet.panel is not None and quiet.panel.peek is None  # not streamed: no peek
+    await quiet
+
+
+async def test_a_pipeline_step_can_stream() -> None:
+    demo = kit.DemoProvider(latency=0.01, stream_rate=500.0)
+    steps = [
+        kit.Step("facts", template="{prompt}", stream=True),
+        kit.Step("draft", template="{facts}"),
+    ]
+    result = await kit.run_pipeline(prompts(4), steps, provider=demo, cache=False, progress=False)
+    assert (result["status"] == "ok").all()
+    assert result["facts_ttft_s"].notna().all() and result["draft_ttft_s"].isna().all()
+
+
+def test_a_run_over_ten_thousand_rows_has_no_peek() -> None:
+    from notebook_kit.api import _job
+    from notebook_kit.job import FrameJob
+    from notebook_kit.ui import Panel
+
+    big = _job(prompts(10_001), "prompt", {"stream": True, "provider": "demo"}, entry="start")
+    small = _job(prompts(10_000), "prompt", {"stream": True, "provider": "demo"}, entry="start")
+    assert isinstance(big, FrameJob) and isinstance(small, FrameJob)
+    assert Panel(big).peek is None
+    assert Panel(small).peek is not None
