@@ -6,7 +6,7 @@ Kept in memory only (the provider objects hold keys, which are never written any
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
@@ -33,7 +33,7 @@ class RunRecord:
 class PipelineRecord:
     report: RunReport
     stages: list[Stage]  # settled: providers (with their keys) and configs
-    options: dict[str, Any]  # the pipeline's own options (cache, budget_usd, ...)
+    options: dict[str, Any] = field(repr=False)  # the pipeline's options (may hold a key)
 
 
 _runs: OrderedDict[str, RunRecord | PipelineRecord] = OrderedDict()

@@ -14,8 +14,8 @@ import asyncio
 import functools
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from . import cells
 from .cache import Cache
@@ -51,6 +51,8 @@ FORWARDED = (
     ChunkReceived,
 )
 # a pipeline's request counters: the sums of its steps'
+FUNCTION_GRACE = 5.0  # seconds a cancelled function step gets to end before the run ends
+T = TypeVar("T")
 SUMMED = (
     "in_flight",
     "retrying",
@@ -59,6 +61,7 @@ SUMMED = (
     "output_tokens",
     "cost_usd",
     "unpriced",
+    "cached",
 )
 
 
@@ -180,7 +183,7 @@ class Pipeline:
             s.index: RunStats(total=len(keys), step=s.name) for s in self.stages if s.step.fn
         }
         for counter in self.function_stats.values():
-            counter.attach(self.events)
+            counter.attach(self.events, attempts=False)
         self.function_results: dict[int, dict[int, RowResult]] = {
             i: {} for i in self.function_stats
         }
@@ -201,6 +204,7 @@ class Pipeline:
         self._source_done = False
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()  # async functions being awaited
+        self._calls = {s.index: asyncio.Semaphore(s.calls) for s in self.stages if s.step.fn}
 
     # -- what displays read --------------------------------------------------------------
 
@@ -290,31 +294,45 @@ class Pipeline:
             self._emit(Resumed(t=self._now(), reason="budget"))
 
     def stop(self, reason: str = "stopped by the user") -> None:
-        """Cancel every row in every step; finished steps are kept."""
-        if self._begin_stop(reason):
-            for engine in self.engines.values():
-                engine.stop(reason)
+        """Cancel every row in every step, in flight or not (also after a step halted the
+        pipeline); finished steps are kept."""
+        self._begin_stop(reason)
+        for engine in self.engines.values():
+            engine.stop(reason)
 
     # -- the run -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        runs = [engine.run(self._feeds[i]) for i, engine in self.engines.items()]
+        runs = [self._run_step(i, engine) for i, engine in self.engines.items()]
         outcomes: list[Any] = []
         try:
             outcomes = await asyncio.gather(self._source(), *runs, return_exceptions=True)
+            while self._tasks:  # function steps after the last model step
+                await asyncio.wait(list(self._tasks))
         except BaseException:
             self.stop_reason = self.stop_reason or "interrupted"
             raise
         finally:
             for task in list(self._tasks):
                 task.cancel()
-            if self._tasks:
-                await asyncio.wait(list(self._tasks))
+            if self._tasks:  # a function that ignores cancellation is not waited for long
+                await asyncio.wait(list(self._tasks), timeout=FUNCTION_GRACE)
             self._ended_at = self._now()
             self._emit(RunFinished(t=self._ended_at, stop_reason=self.stop_reason))
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
             raise next((e for e in errors if isinstance(e, RunError)), errors[0])
+
+    async def _run_step(self, index: int, engine: Engine) -> None:
+        """One step's engine; if it fails in a way it could not handle itself (its client
+        would not open), every other step stops too instead of waiting for it."""
+        try:
+            await engine.run(self._feeds[index])
+        except BaseException as exc:
+            name = self.stages[index].name
+            why = f"not run: step {name!r} failed ({type(exc).__name__})"
+            self._engine_stopped(StopRequested(self._now(), why))
+            raise
 
     async def _source(self) -> None:
         """Rows enter at their first step in order; the first model step's feed is kept
@@ -343,10 +361,11 @@ class Pipeline:
                 return  # it stays where it is: cancelled there
             stage = stages[index]
             if stage.index in self.engines:
+                item = self._guarded(key, functools.partial(self._item, stage, key))
                 self._count[index] += 1
-                self._feeds[index].put(self._item(stage, key))
+                self._feeds[index].put(item)
                 return
-            outcome = self._call(stage, key)
+            outcome = self._guarded(key, functools.partial(self._call, stage, key))
             if inspect.isawaitable(outcome):
                 self._count[index] += 1
                 task = asyncio.ensure_future(self._awaited(stage, key, outcome))
@@ -357,6 +376,21 @@ class Pipeline:
                 return
             index += 1
         self._end(key)
+
+    def _guarded(self, key: int, make: Callable[[], T]) -> T | RowResult:
+        """`make()`, or the row's `unexpected` failure if it raises: however odd an
+        earlier step's value, the row ends with a result and is never lost."""
+        try:
+            return make()
+        except Exception as exc:
+            try:
+                text = f"{type(exc).__name__}: {exc}"
+            except Exception:
+                text = type(exc).__name__
+            message = self._redact(" ".join(f"unexpected error: {text}".split()))[:300]
+            return RowResult(
+                key=key, status=RowStatus.ERROR, error=message, error_type=ErrorType.UNEXPECTED
+            )
 
     def _item(self, stage: Stage, key: int) -> Item:
         """The row's request for a model step, or its result when it needs no call."""
@@ -382,10 +416,8 @@ class Pipeline:
         unsendable = cells.encoding_problem(messages)
         if unsendable:
             return cells.row_fault(key, ErrorType.INVALID_INPUT, unsendable)
-        config, model = stage.config, self.engines[stage.index].model  # the step's model now
-        return Request(
-            key=key, messages=messages, model=model, params=config.params, schema=config.schema
-        )
+        config = stage.config  # model None: the step's model when the row is sent
+        return Request(key=key, messages=messages, params=config.params, schema=config.schema)
 
     def _skipped(self, stage: Stage, key: int) -> RowResult | None:
         """A `when=` that is false (skipped) or raises (function_error); None: run it."""
@@ -393,7 +425,13 @@ class Pipeline:
         if when is None:
             return None
         try:
-            if when(self._view(key)):
+            answer = when(self._view(key))
+            if inspect.isawaitable(answer):
+                close = getattr(answer, "close", None)
+                if close is not None:
+                    close()  # never awaited: no warning
+                raise TypeError("when= must return True or False; an async function cannot")
+            if answer:
                 return None
         except Exception as exc:
             return self._function_error(key, "when", exc)
@@ -415,8 +453,12 @@ class Pipeline:
 
     async def _awaited(self, stage: Stage, key: int, pending: Awaitable[Any]) -> None:
         try:
-            value = await pending
+            async with self._calls[stage.index]:  # its concurrency: calls awaited at once
+                value = await pending
         except asyncio.CancelledError:
+            close = getattr(pending, "close", None)
+            if close is not None:
+                close()  # stopped before its turn: never awaited, no warning
             result = RowResult(
                 key=key,
                 status=RowStatus.CANCELLED,
@@ -427,9 +469,11 @@ class Pipeline:
             result = self._function_error(key, "fn", exc)
         else:
             result = self._function_value(key, stage, value)
-        if self._function_done(stage, key, result):
-            self._go(key, stage.index + 1)
-        self._left(stage.index)
+        try:
+            if self._function_done(stage, key, result):
+                self._go(key, stage.index + 1)
+        finally:
+            self._left(stage.index)
 
     def _function_value(self, key: int, stage: Stage, value: Any) -> RowResult:
         self.values[key][stage.name] = value
@@ -447,20 +491,22 @@ class Pipeline:
     def _stepped(self, index: int, event: RowFinished) -> None:
         """A model step ended for a row: on to its next step, or the end of the row."""
         key, result = event.key, event.result
-        if result.status is RowStatus.OK:
-            values = self.values[key]
-            stage = self.stages[index]
-            values[stage.name] = result.text
-            schema = stage.config.schema if stage.config is not None else None
-            if schema is not None and result.parsed is not None:
-                for field, value in schema.values(result.parsed).items():
-                    values[f"{stage.name}_{field}"] = value
-            self._go(key, index + 1)
-        elif result.status is RowStatus.SKIPPED:
-            self._go(key, index + 1)
-        else:
-            self._end(key, failed=index)
-        self._left(index)
+        try:
+            if result.status is RowStatus.OK:
+                values = self.values[key]
+                stage = self.stages[index]
+                values[stage.name] = result.text
+                schema = stage.config.schema if stage.config is not None else None
+                if schema is not None and result.parsed is not None:
+                    for field, value in schema.values(result.parsed).items():
+                        values[f"{stage.name}_{field}"] = value
+                self._go(key, index + 1)
+            elif result.status is RowStatus.SKIPPED:
+                self._go(key, index + 1)
+            else:
+                self._end(key, failed=index)
+        finally:  # the step is left whatever happened: later steps can still be closed
+            self._left(index)
 
     def _left(self, index: int) -> None:
         """A row left step `index`; once the step is empty, later steps may be closed."""

@@ -39,7 +39,7 @@ class PipelinePlan:
     frame: pd.DataFrame  # the user's rows, without the kit's columns
     stages: list[Stage]
     budget_usd: float | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # the pipeline's own options
+    options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold a key
     start: dict[int, int] = field(default_factory=dict)  # row position -> its first step
     carried: dict[int, dict[str, Any]] = field(default_factory=dict)  # earlier outputs
 
@@ -200,12 +200,12 @@ def _step_columns(
     columns = frames.result_columns(n, results, unfinished=None, names=names)
     out: dict[str, Any] = {f"{stage.name}_{c}": columns[c] for c in STEP_COLUMNS}
     if stage.step.fn is not None:
-        values: list[Any] = [None] * n
+        values = np.empty(n, dtype=object)  # filled one by one: no value is converted
         if pipeline is not None:
             for key, result in results.items():
                 if result.status is RowStatus.OK:
                     values[key] = pipeline.values[key].get(stage.name)
-        out[stage.name] = pd.array(values, dtype=object)
+        out[stage.name] = pd.arrays.NumpyExtensionArray(values)
         return out
     out[stage.name] = columns["text"]
     schema = stage.config.schema if stage.config is not None else None
@@ -244,6 +244,13 @@ def merge(
         values = merged[column].array.copy()
         values[positions] = rerun[column].array
         merged[column] = values
+    # a re-run that skipped every step it ran: ok if an earlier step was (as in one run)
+    statuses = [merged[f"{s.name}_status"].array[positions] for s in stages]
+    done = np.logical_or.reduce([np.asarray(s == "ok", dtype=bool) for s in statuses])
+    values = merged["status"].array.copy()
+    redo = positions[(np.asarray(values[positions] == "skipped", dtype=bool)) & done]
+    values[redo] = "ok"
+    merged["status"] = values
     earlier = pd.Series(merged["cost_usd"].array[positions])
     new = pd.Series(rerun["cost_usd"].array)
     values = merged["cost_usd"].array.copy()
@@ -265,6 +272,9 @@ def new_job(
         raise ConfigError(f"{entry} takes a pandas DataFrame, got {type(data).__name__}")
     options = checked(kwargs, entry=entry)
     frame = frames.without_kit_columns(data, "")
+    repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if repeated:
+        raise ConfigError(f"the frame has columns named twice {repeated}: rename them first")
     limit = options.get("limit")
     if limit is not None:
         frame = frame.iloc[:limit]
@@ -306,7 +316,9 @@ def resume_job(
     stages = settle(steps, [str(c) for c in frame.columns], merged_options)
     names = [s.name for s in stages]
     failed = rows["failed_step"].tolist()
-    starts = np.array([names.index(f) if f in names else 0 for f in failed], dtype=int)
+    starts = np.array(
+        [names.index(f) if isinstance(f, str) and f in names else 0 for f in failed], dtype=int
+    )
     carried: dict[int, dict[str, Any]] = {}
     for position, start in enumerate(starts):
         carried[position] = {

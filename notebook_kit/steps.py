@@ -17,19 +17,18 @@ from difflib import get_close_matches
 from typing import Any
 
 from . import cells
-from .config import RunConfig
+from .config import RunConfig, whole
 from .errors import ConfigError
 from .options import RunOptions, checked, chosen_provider, run_config
 from .providers.base import Provider
+from .session import defaults
 
 RowFunction = Callable[[dict[str, Any]], Any]
 
 # options of the whole pipeline: a step cannot have its own
 PIPELINE_OPTIONS = frozenset({"cache", "budget_usd", "progress", "limit"})
 # ways to build a row's request that a step does not take (a step has a template)
-NOT_IN_STEPS = frozenset(
-    {"messages_col", "system_col", "model_col", "output_col", "prefix", "limits"}
-)
+NOT_IN_STEPS = frozenset({"messages_col", "system_col", "model_col", "output_col", "prefix"})
 # what the pipeline adds besides each step's columns
 ROW_COLUMNS = ("status", "error", "error_type", "failed_step", "cost_usd")
 STEP_COLUMNS = (
@@ -74,8 +73,11 @@ class Step:
             raise ConfigError(f"step {name!r}: fn must be a function of the row")
         if when is not None and not callable(when):
             raise ConfigError(f"step {name!r}: when must be a function of the row")
-        if fn is not None and options:
-            raise ConfigError(f"step {name!r} runs a function: it takes no {sorted(options)}")
+        extra = sorted(set(options) - {"concurrency"})
+        if fn is not None and extra:
+            raise ConfigError(
+                f"step {name!r} runs a function: it takes no {extra} (only concurrency=)"
+            )
         for option in options:
             if option in PIPELINE_OPTIONS:
                 raise ConfigError(
@@ -108,6 +110,7 @@ class Stage:
     endpoint: tuple[str, ...] | None = None
     system: str | None = None
     fallback: bool = False  # the demo model answers because no key was found
+    calls: int = 0  # an async function step: calls awaited at once at most
 
     @property
     def name(self) -> str:
@@ -145,13 +148,22 @@ def settle(
     shared = {k: v for k, v in given.items() if k not in PIPELINE_OPTIONS}
     stages: list[Stage] = []
     for index, step in enumerate(steps):
-        stage = Stage(step, index)
+        stage = Stage(step, index, calls=_function_calls(step, shared))
         if step.template is not None:
             stage = _model_stage(step, index, shared, given, pause_at_budget)
         stages.append(stage)
     _check_names(stages, columns)
     _share_rates(stages)
     return stages
+
+
+def _function_calls(step: Step, shared: Mapping[str, Any]) -> int:
+    """How many calls of an async function step may be awaited at once: its own
+    concurrency=, else the pipeline's, else the session's."""
+    given = step.options.get("concurrency", shared.get("concurrency"))
+    if given is None:
+        return defaults.concurrency
+    return whole(f"step {step.name!r}: concurrency", given, minimum=1)
 
 
 def _model_stage(

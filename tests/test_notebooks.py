@@ -62,8 +62,8 @@ def warnings(notebook: nbformat.NotebookNode) -> list[str]:
 LESSONS = sorted(p.name for p in NOTEBOOKS.glob("0*.ipynb") if not p.name.startswith("06"))
 
 
-def test_there_are_seven_offline_lessons() -> None:
-    assert len(LESSONS) == 7  # lesson 6 needs keys: run twice below
+def test_there_are_eight_offline_lessons() -> None:
+    assert len(LESSONS) == 8  # lesson 6 needs keys: run twice below
 
 
 @pytest.mark.parametrize("name", LESSONS)
@@ -77,6 +77,10 @@ def test_lesson_runs_offline_top_to_bottom(name: str) -> None:
         assert "attempts: {1: " in shown
     if name.startswith("07"):  # routed, typed, some never fit, and retried
         assert "ai_team" in shown and "status: {'ok': 60}" in shown
+    if name.startswith("09"):  # first rows early, the idle timeout saves the long answer
+        assert "after " in shown and "all 20 rows after" in shown
+        assert "not streamed: error - no reply within timeout=3 s" in shown
+        assert "streamed: ok - 150 words" in shown
     if name.startswith("08"):  # chains faster five at a time; the retry pays no research again
         assert "speedup" in shown and "failed at: {'draft'" in shown
         assert "research calls per row: {1: 60}" in shown
