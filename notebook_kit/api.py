@@ -30,7 +30,8 @@ from .options import (
     run_config,
     shows_run_options,
 )
-from .pipeline_job import PipelineJob, merge as merge_steps, new_job, resume_job
+from .pipeline_frame import merge as merge_steps
+from .pipeline_job import PipelineJob, new_job, resume_job
 from .preflight import estimate_pipeline, estimate_run
 from .progress import ProgressBar
 from .providers import DEMO_NOTICE, resolve

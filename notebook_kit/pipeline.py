@@ -14,10 +14,9 @@ import asyncio
 import functools
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any
 
-from . import cells
 from .cache import Cache
 from .clock import Clock, LoopClock
 from .engine import Engine, Item
@@ -38,9 +37,10 @@ from .events import (
 from .meters import BudgetMeter, StartGate
 from .meters.assembly import Shared, rate_meters
 from .meters.rate import RateMeter
+from .pipeline_rows import RowValues, RowWork, row_result
 from .reporting import RunStats, Snapshot
 from .steps import Stage
-from .types import ErrorType, Request, RowResult, RowStatus
+from .types import ErrorType, RowResult, RowStatus
 
 FORWARDED = (
     RowStarted,
@@ -52,7 +52,6 @@ FORWARDED = (
 )
 # a pipeline's request counters: the sums of its steps'
 FUNCTION_GRACE = 5.0  # seconds a cancelled function step gets to end before the run ends
-T = TypeVar("T")
 SUMMED = (
     "in_flight",
     "retrying",
@@ -104,22 +103,6 @@ class Feed:
         return self._items.popleft()
 
 
-class RowValues:
-    """The input cells a pipeline reads, by column and row position."""
-
-    def __init__(self, columns: Mapping[str, list[Any]]) -> None:
-        self._columns = columns
-
-    def __contains__(self, column: str) -> bool:
-        return column in self._columns
-
-    def value(self, column: str, key: int) -> Any:
-        return self._columns[column][key]
-
-    def row(self, key: int) -> dict[str, Any]:
-        return {name: values[key] for name, values in self._columns.items()}
-
-
 class Pipeline:
     """Runs `keys` (row positions) through `stages`; steerable while it runs.
 
@@ -147,7 +130,6 @@ class Pipeline:
         self.stats = RunStats(total=len(keys))  # whole rows; requests are the steps' sums
         self.stats.attach(self.events, attempts=False)
         self.stop_reason: str | None = None
-        self._inputs = inputs
         self._keys = keys
         self._t0 = self.clock.now()
         self._ended_at: float | None = None
@@ -187,17 +169,12 @@ class Pipeline:
         self.function_results: dict[int, dict[int, RowResult]] = {
             i: {} for i in self.function_stats
         }
-        carried = carried or {}
         start = start or {}
-        self.values: dict[int, dict[str, Any]] = {k: dict(carried.get(k, {})) for k in keys}
+        self.work = RowWork(self.stages, inputs, keys, carried or {})
+        self.values = self.work.values  # each row's outputs so far, by column
         self.stage_of: dict[int, int] = {k: start.get(k, 0) for k in keys}  # where it is
         self.failed_at: dict[int, int] = {}  # rows that ended at a failed step
         self.rows: dict[int, RowResult] = {}  # the whole rows that ended
-        self._templates = {
-            s.index: cells.template_fields(s.step.template) for s in models if s.step.template
-        }
-        self._made = {c for s in self.stages for c in s.outputs}
-        self._blank = dict.fromkeys(self._made)
         self._count = [0] * len(self.stages)  # rows in each step now (queued, sent, awaited)
         self._feeds = {i: Feed() for i in self.engines}
         self._first = min(self.engines, default=None)
@@ -361,11 +338,11 @@ class Pipeline:
                 return  # it stays where it is: cancelled there
             stage = stages[index]
             if stage.index in self.engines:
-                item = self._guarded(key, functools.partial(self._item, stage, key))
+                item = self.work.guarded(key, functools.partial(self.work.item, stage, key))
                 self._count[index] += 1
                 self._feeds[index].put(item)
                 return
-            outcome = self._guarded(key, functools.partial(self._call, stage, key))
+            outcome = self.work.guarded(key, functools.partial(self.work.call, stage, key))
             if inspect.isawaitable(outcome):
                 self._count[index] += 1
                 task = asyncio.ensure_future(self._awaited(stage, key, outcome))
@@ -376,80 +353,6 @@ class Pipeline:
                 return
             index += 1
         self._end(key)
-
-    def _guarded(self, key: int, make: Callable[[], T]) -> T | RowResult:
-        """`make()`, or the row's `unexpected` failure if it raises: however odd an
-        earlier step's value, the row ends with a result and is never lost."""
-        try:
-            return make()
-        except Exception as exc:
-            try:
-                text = f"{type(exc).__name__}: {exc}"
-            except Exception:
-                text = type(exc).__name__
-            message = self._redact(" ".join(f"unexpected error: {text}".split()))[:300]
-            return RowResult(
-                key=key, status=RowStatus.ERROR, error=message, error_type=ErrorType.UNEXPECTED
-            )
-
-    def _item(self, stage: Stage, key: int) -> Item:
-        """The row's request for a model step, or its result when it needs no call."""
-        if stage.step.when is not None and (skip := self._skipped(stage, key)) is not None:
-            return skip
-        row: dict[str, Any] = {}
-        for field in self._templates[stage.index]:
-            value = self.values[key].get(field) if field in self._made else self._input(field, key)
-            if type(value) is not str and cells.is_missing(value):
-                return cells.skip(key, f"template field {field!r} is empty")
-            row[field] = value
-        assert stage.step.template is not None and stage.config is not None
-        try:
-            content = cells.render(stage.step.template, row, key)
-        except Exception as exc:  # an earlier step's value whose __format__ raises
-            problem = f"the template does not fit this row: {type(exc).__name__}: {exc}"
-            return cells.row_fault(key, ErrorType.INVALID_INPUT, self._redact(problem))
-        if isinstance(content, RowResult):
-            return content
-        messages = [{"role": "user", "content": content}]
-        if stage.system:
-            messages.insert(0, {"role": "system", "content": stage.system})
-        unsendable = cells.encoding_problem(messages)
-        if unsendable:
-            return cells.row_fault(key, ErrorType.INVALID_INPUT, unsendable)
-        config = stage.config  # model None: the step's model when the row is sent
-        return Request(key=key, messages=messages, params=config.params, schema=config.schema)
-
-    def _skipped(self, stage: Stage, key: int) -> RowResult | None:
-        """A `when=` that is false (skipped) or raises (function_error); None: run it."""
-        when = stage.step.when
-        if when is None:
-            return None
-        try:
-            answer = when(self._view(key))
-            if inspect.isawaitable(answer):
-                close = getattr(answer, "close", None)
-                if close is not None:
-                    close()  # never awaited: no warning
-                raise TypeError("when= must return True or False; an async function cannot")
-            if answer:
-                return None
-        except Exception as exc:
-            return self._function_error(key, "when", exc)
-        return cells.skip(key, "when= is false for this row")
-
-    def _call(self, stage: Stage, key: int) -> RowResult | Awaitable[Any]:
-        """A function step: its result, or the awaitable an async function returned."""
-        skip = self._skipped(stage, key)
-        if skip is not None:
-            return skip
-        assert stage.step.fn is not None
-        try:
-            value = stage.step.fn(self._view(key))
-        except Exception as exc:
-            return self._function_error(key, "fn", exc)
-        if inspect.isawaitable(value):
-            return value
-        return self._function_value(key, stage, value)
 
     async def _awaited(self, stage: Stage, key: int, pending: Awaitable[Any]) -> None:
         try:
@@ -466,18 +369,14 @@ class Pipeline:
                 error_type=ErrorType.CANCELLED,
             )
         except Exception as exc:
-            result = self._function_error(key, "fn", exc)
+            result = self.work.function_error(key, "fn", exc)
         else:
-            result = self._function_value(key, stage, value)
+            result = self.work.function_value(key, stage, value)
         try:
             if self._function_done(stage, key, result):
                 self._go(key, stage.index + 1)
         finally:
             self._left(stage.index)
-
-    def _function_value(self, key: int, stage: Stage, value: Any) -> RowResult:
-        self.values[key][stage.name] = value
-        return RowResult(key=key, status=RowStatus.OK)
 
     def _function_done(self, stage: Stage, key: int, result: RowResult) -> bool:
         """Record a function step's result; True if the row goes on."""
@@ -493,13 +392,7 @@ class Pipeline:
         key, result = event.key, event.result
         try:
             if result.status is RowStatus.OK:
-                values = self.values[key]
-                stage = self.stages[index]
-                values[stage.name] = result.text
-                schema = stage.config.schema if stage.config is not None else None
-                if schema is not None and result.parsed is not None:
-                    for field, value in schema.values(result.parsed).items():
-                        values[f"{stage.name}_{field}"] = value
+                self.work.keep(self.stages[index], result)
                 self._go(key, index + 1)
             elif result.status is RowStatus.SKIPPED:
                 self._go(key, index + 1)
@@ -537,34 +430,6 @@ class Pipeline:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _input(self, column: str, key: int) -> Any:
-        return self._inputs.value(column, key)
-
-    def _view(self, key: int) -> dict[str, Any]:
-        """What fn= and when= see: the row's cells and the steps' outputs (None for a step
-        that was skipped or has not run)."""
-        return {**self._inputs.row(key), **self._blank, **self.values[key]}
-
-    def _function_error(self, key: int, what: str, exc: Exception) -> RowResult:
-        """A function step that raised: its exception in one line, keys masked."""
-        try:
-            text = f"{type(exc).__name__}: {exc}"
-        except Exception:  # an exception whose __str__ raises
-            text = type(exc).__name__
-        line = self._redact(" ".join(text.split()))[:300]
-        return RowResult(
-            key=key,
-            status=RowStatus.ERROR,
-            error=f"{what}= raised {line}",
-            error_type=ErrorType.FUNCTION_ERROR,
-        )
-
-    def _redact(self, text: str) -> str:
-        for stage in self.stages:
-            if stage.provider is not None:
-                text = stage.provider.redact(text)
-        return text
-
     def _engine_stopped(self, event: StopRequested) -> None:
         """One step stopped (a run error, the budget): the whole pipeline stops starting."""
         if self._begin_stop(event.reason):
@@ -595,24 +460,3 @@ class Pipeline:
 
     def _now(self) -> float:
         return self.clock.now() - self._t0
-
-
-def row_result(key: int, results: Sequence[RowResult | None], failed: int | None) -> RowResult:
-    """A whole row's result from its steps': the failed step's error, else ok (skipped when
-    every step was skipped); the cost of every step added up."""
-    cost: float | None = None
-    skipped = ran = 0
-    for result in results:
-        if result is None:
-            continue
-        ran += 1
-        skipped += result.status is RowStatus.SKIPPED
-        if result.cost_usd is not None:
-            cost = result.cost_usd if cost is None else cost + result.cost_usd
-    cost = None if cost is None else round(cost, 10)
-    bad = results[failed] if failed is not None else None
-    if bad is not None:
-        status, error, kind = bad.status, bad.error, bad.error_type
-        return RowResult(key=key, status=status, error=error, error_type=kind, cost_usd=cost)
-    status = RowStatus.SKIPPED if ran and skipped == ran else RowStatus.OK
-    return RowResult(key=key, status=status, cost_usd=cost)
