@@ -338,11 +338,11 @@ class Pipeline:
                 return  # it stays where it is: cancelled there
             stage = stages[index]
             if stage.index in self.engines:
-                item = self.work.guarded(key, functools.partial(self.work.item, stage, key))
+                item = self.work.item(stage, key)
                 self._count[index] += 1
                 self._feeds[index].put(item)
                 return
-            outcome = self.work.guarded(key, functools.partial(self.work.call, stage, key))
+            outcome = self.work.call(stage, key)
             if inspect.isawaitable(outcome):
                 self._count[index] += 1
                 task = asyncio.ensure_future(self._awaited(stage, key, outcome))

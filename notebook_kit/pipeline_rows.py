@@ -5,15 +5,13 @@ returns can lose the row, and a whole row's result from its steps'."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any
 
 from . import cells
 from .engine import Item
 from .steps import Stage
 from .types import ErrorType, Request, RowResult, RowStatus
-
-T = TypeVar("T")
 
 
 class RowValues:
@@ -60,23 +58,32 @@ class RowWork:
             for field, value in schema.values(result.parsed).items():
                 values[f"{stage.name}_{field}"] = value
 
-    def guarded(self, key: int, make: Callable[[], T]) -> T | RowResult:
-        """`make()`, or the row's `unexpected` failure if it raises: however odd an
-        earlier step's value, the row ends with a result and is never lost."""
-        try:
-            return make()
-        except Exception as exc:
-            try:
-                text = f"{type(exc).__name__}: {exc}"
-            except Exception:
-                text = type(exc).__name__
-            message = self.redact(" ".join(f"unexpected error: {text}".split()))[:300]
-            return RowResult(
-                key=key, status=RowStatus.ERROR, error=message, error_type=ErrorType.UNEXPECTED
-            )
-
     def item(self, stage: Stage, key: int) -> Item:
-        """The row's request for a model step, or its result when it needs no call."""
+        """The row's request for a model step, or its result when it needs no call (or
+        when building it raised: however odd an earlier value, the row is never lost)."""
+        try:
+            return self._item(stage, key)
+        except Exception as exc:
+            return self.unexpected(key, exc)
+
+    def call(self, stage: Stage, key: int) -> RowResult | Awaitable[Any]:
+        """A function step: its result, or the awaitable an async function returned."""
+        try:
+            return self._call(stage, key)
+        except Exception as exc:
+            return self.unexpected(key, exc)
+
+    def unexpected(self, key: int, exc: Exception) -> RowResult:
+        try:
+            text = f"{type(exc).__name__}: {exc}"
+        except Exception:
+            text = type(exc).__name__
+        message = self.redact(" ".join(f"unexpected error: {text}".split()))[:300]
+        return RowResult(
+            key=key, status=RowStatus.ERROR, error=message, error_type=ErrorType.UNEXPECTED
+        )
+
+    def _item(self, stage: Stage, key: int) -> Item:
         if stage.step.when is not None and (skip := self.skipped(stage, key)) is not None:
             return skip
         row: dict[str, Any] = {}
@@ -120,8 +127,7 @@ class RowWork:
             return self.function_error(key, "when", exc)
         return cells.skip(key, "when= is false for this row")
 
-    def call(self, stage: Stage, key: int) -> RowResult | Awaitable[Any]:
-        """A function step: its result, or the awaitable an async function returned."""
+    def _call(self, stage: Stage, key: int) -> RowResult | Awaitable[Any]:
         skip = self.skipped(stage, key)
         if skip is not None:
             return skip
