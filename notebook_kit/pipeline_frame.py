@@ -128,10 +128,9 @@ def merge(
         values[positions] = rerun[column].array
         merged[column] = values
     # a re-run that skipped every step it ran: ok if an earlier step was (as in one run)
-    statuses = [merged[f"{s.name}_status"].array[positions] for s in stages]
-    done = np.logical_or.reduce([np.asarray(s == "ok", dtype=bool) for s in statuses])
+    done = np.logical_or.reduce([_is(merged[f"{s.name}_status"], "ok", positions) for s in stages])
     values = merged["status"].array.copy()
-    redo = positions[(np.asarray(values[positions] == "skipped", dtype=bool)) & done]
+    redo = positions[_is(merged["status"], "skipped", positions) & done]
     values[redo] = "ok"
     merged["status"] = values
     earlier = pd.Series(merged["cost_usd"].array[positions])
@@ -140,3 +139,9 @@ def merge(
     values[positions] = earlier.add(new, fill_value=0).where(earlier.notna() | new.notna()).array
     merged["cost_usd"] = values
     return merged
+
+
+def _is(column: pd.Series, value: str, positions: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Whether each cell at `positions` equals `value` (NA: no)."""
+    picked = pd.Series(column.array[positions])
+    return (picked == value).fillna(False).to_numpy(dtype=bool)

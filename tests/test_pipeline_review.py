@@ -191,3 +191,17 @@ async def test_an_async_function_step_awaits_at_most_its_concurrency() -> None:
     result = await kit.run_pipeline(topics(30), steps, **demo())
     assert (result["found"] == "found").all()
     assert peak == 3
+
+
+async def test_retry_failed_when_rows_fail_again_and_later_steps_stay_empty() -> None:
+    flaky = kit.DemoProvider(latency=0.01, error_rate=1.0)
+    steps = [
+        kit.Step("a", template="{topic}"),
+        kit.Step("b", template="{a}", provider=flaky, max_attempts=1),
+        kit.Step("c", template="{b}"),
+    ]
+    first = await kit.run_pipeline(topics(3), steps, **demo())
+    again = await kit.retry_failed(first)  # b fails again: c stays NA for every row
+    assert (again["failed_step"] == "b").all()
+    assert again["c_status"].isna().all() and (again["status"] == "error").all()
+    assert again["b_attempts"].tolist() == [2, 2, 2]
