@@ -58,7 +58,17 @@ def run(url: str, n: int, tag: str, **options: Any) -> dict[str, Any]:
         "429": stats["count_429"],
         "requests": stats["requests_total"],
         "per_minute": accepted_per_minute(stats),
+        "late_429": late_429s(stats),
     }
+
+
+def late_429s(stats: dict[str, Any]) -> int:
+    """429s answered more than 2 s after the first arrival (after the first burst)."""
+    arrivals = stats["arrivals"]
+    if not arrivals:
+        return 0
+    first = min(arrivals)
+    return sum(1 for t in stats["rejections"] if t - first > 2)
 
 
 def main() -> None:
@@ -83,13 +93,25 @@ def main() -> None:
             f"\n2. Undisclosed limit ({rpm}/min, no headers, no rpm given); "
             f"{hidden_n} rows, concurrency 50"
         )
-        print(f"   {'':22} {'makespan':>9} {'429s':>6} {'requests':>9} {'of limit':>9} {'ok':>5}")
-        for label, adaptive in (("fixed concurrency", False), ("adaptive (AIMD)", True)):
-            r = run(url, hidden_n, label, concurrency=50, adaptive=adaptive)
+        header = f"   {'':28} {'makespan':>9} {'429s':>6} {'after 2 s':>9} {'requests':>9}"
+        print(header + f" {'of limit':>9} {'ok':>5}")
+        variants = (
+            ("fixed concurrency", {"adaptive": False, "learn_rate": False}),
+            ("adaptive concurrency", {"adaptive": True, "learn_rate": False}),
+            ("learned rate (learn_rate=True)", {"learn_rate": True}),
+        )
+        for label, options in variants:
+            r = run(url, hidden_n, label, concurrency=50, **options)
             print(
-                f"   {label:22} {r['wall']:8.1f}s {r['429']:6d} {r['requests']:9d} "
-                f"{r['per_minute'] / rpm:9.3f} {r['ok']:5d}"
+                f"   {label:28} {r['wall']:8.1f}s {r['429']:6d} {r['late_429']:9d} "
+                f"{r['requests']:9d} {r['per_minute'] / rpm:9.3f} {r['ok']:5d}"
             )
+
+        call(url, "/_config", {"rpm_limit": None})
+        print(f"\n3. No limit at all: {hidden_n} rows, concurrency 50 (a slow start would show)")
+        for label, options in variants:
+            r = run(url, hidden_n, label, concurrency=50, **options)
+            print(f"   {label:28} {r['wall']:8.2f}s {r['429']:6d}")
 
 
 if __name__ == "__main__":

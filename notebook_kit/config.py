@@ -81,6 +81,7 @@ class Limits:
     tpm: float | None = None  # estimated tokens per minute at most (input + max_tokens)
     headroom: float = 0.97  # pace rpm/tpm at this fraction of the limit, for clock jitter
     adaptive: bool = True  # lower concurrency on 429s, raise it back as calls succeed
+    learn_rate: bool = False  # no rpm, no rate headers: learn a request rate from 429s
 
     def __post_init__(self) -> None:
         whole("concurrency", self.concurrency, minimum=1)
@@ -89,8 +90,9 @@ class Limits:
                 number(name, getattr(self, name), above=0)
         if number("headroom", self.headroom, above=0) > 1:
             raise ConfigError(f"headroom must be in (0, 1], got {self.headroom}")
-        if not isinstance(self.adaptive, bool):
-            raise ConfigError(f"adaptive must be True or False, got {self.adaptive!r}")
+        for name in ("adaptive", "learn_rate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +127,7 @@ class RunConfig:
             "rpm": limits.rpm,
             "tpm": limits.tpm,
             "adaptive": limits.adaptive,
+            "learn_rate": limits.learn_rate,
             "max_attempts": self.retry.max_attempts,
             "retry": self.retry.describe(),
             "timeout": self.timeout,
@@ -146,6 +149,7 @@ class RunConfig:
                 rpm=meta.get("rpm"),
                 tpm=meta.get("tpm"),
                 adaptive=meta.get("adaptive", True),
+                learn_rate=meta.get("learn_rate", False),
             ),
             retry=RetryPolicy(**retry),
             timeout=meta.get("timeout", RunConfig.timeout),

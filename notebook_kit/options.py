@@ -49,6 +49,7 @@ class RunOptions(TypedDict, total=False):
     rpm: float | None  # requests started per minute at most
     tpm: float | None  # tokens per minute at most (input estimate + max_tokens)
     adaptive: bool | None  # lower concurrency on 429s, raise it back as calls succeed
+    learn_rate: bool | None  # no rpm, no rate headers: learn a request rate from 429s (opt-in)
     limits: Limits | None  # all of the above in one object
     # when to give up
     max_attempts: int | None  # requests per row at most (429s not counted)
@@ -136,6 +137,7 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     "rpm": lambda name, value: number(name, value, above=0),
     "tpm": lambda name, value: number(name, value, above=0),
     "adaptive": _flag,
+    "learn_rate": _flag,
     "limits": _kind(Limits),
     "max_attempts": lambda name, value: whole(name, value, minimum=1),
     "timeout": lambda name, value: number(name, value, above=0),
@@ -155,6 +157,7 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     "seed": lambda name, value: whole(name, value, minimum=-(2**63)),
     "stop": _stop_words,
 }
+LIMIT_PARTS = ("concurrency", "rpm", "tpm", "adaptive", "learn_rate")  # inside limits=
 NOT_NULLABLE = frozenset({"output_col"})  # None here is a mistake, not "the default"
 
 
@@ -179,7 +182,7 @@ def checked(kwargs: Mapping[str, Any], *, entry: str) -> RunOptions:
         else:
             options[name] = value
     options["params"] = {**options.get("params", {}), **params}
-    _no_conflicts(options, "limits", ("concurrency", "rpm", "tpm", "adaptive"))
+    _no_conflicts(options, "limits", LIMIT_PARTS)
     _no_conflicts(options, "retry", ("max_attempts",))
     return options  # type: ignore[return-value]
 
@@ -247,7 +250,7 @@ def run_config(
     base = base or session_config(provider)
     limits = options.get("limits") or base.limits
     given: Mapping[str, Any] = options
-    parts = {k: given[k] for k in ("concurrency", "rpm", "tpm", "adaptive") if k in given}
+    parts = {k: given[k] for k in LIMIT_PARTS if k in given}
     retry = options.get("retry") or base.retry
     max_attempts = options.get("max_attempts")
     if max_attempts is not None:

@@ -36,6 +36,7 @@ from .events import (
 )
 from .meters import BudgetMeter, StartGate
 from .meters.assembly import Shared, rate_meters
+from .meters.learned import LearnedRate
 from .meters.rate import RateMeter
 from .pipeline_rows import RowValues, RowWork, row_result
 from .reporting import RunStats, Snapshot
@@ -140,7 +141,7 @@ class Pipeline:
 
         self.gate = StartGate(clock=self.clock, policy=policy or RetryPolicy())
         self.budget = None if budget_usd is None else self._budget_meter(budget_usd)
-        rates: dict[tuple[str, ...], tuple[RateMeter, ...]] = {}
+        rates: dict[tuple[str, ...], tuple[RateMeter | LearnedRate, ...]] = {}
         self.engines: dict[int, Engine] = {}
         for stage in models:
             assert stage.config is not None and stage.provider is not None

@@ -10,6 +10,7 @@ from .base import Meter
 from .budget import BudgetMeter
 from .concurrency import ConcurrencyMeter
 from .gate import HeaderPacing, StartGate
+from .learned import LearnedRate
 from .rate import RateMeter
 
 
@@ -20,7 +21,7 @@ def run_meters(
     concurrency: ConcurrencyMeter,
     gate: StartGate,
     budget: BudgetMeter | None,
-    rates: tuple[RateMeter, ...] | None = None,
+    rates: tuple[RateMeter | LearnedRate, ...] | None = None,
 ) -> tuple[Meter, ...]:
     """Concurrency first (the dispatcher takes the first attempt's slot), then the gate,
     rpm, tpm (`rates`, when an endpoint's meters are shared) and the budget; header
@@ -43,12 +44,15 @@ def with_budget(meters: tuple[Meter, ...], budget: BudgetMeter) -> tuple[Meter, 
     return (*others, budget, *pacing)
 
 
-def rate_meters(config: RunConfig, clock: Clock) -> tuple[RateMeter, ...]:
-    """The rpm and tpm meters `config` asks for."""
+def rate_meters(config: RunConfig, clock: Clock) -> tuple[RateMeter | LearnedRate, ...]:
+    """The rpm and tpm meters `config` asks for; without an rpm, the rate learned from
+    429s (unless `learn_rate=False`)."""
     limits = config.limits
-    meters = []
+    meters: list[RateMeter | LearnedRate] = []
     if limits.rpm:
         meters.append(RateMeter(limits.rpm * limits.headroom, clock=clock))
+    elif limits.learn_rate:
+        meters.append(LearnedRate(clock))
     if limits.tpm:
         meters.append(RateMeter.tokens(limits.tpm * limits.headroom, clock=clock))
     return tuple(meters)
@@ -60,5 +64,5 @@ class Shared:
     429 cool-downs), its endpoint's rpm/tpm meters and the pipeline's budget."""
 
     gate: StartGate
-    rates: tuple[RateMeter, ...] = ()
+    rates: tuple[RateMeter | LearnedRate, ...] = ()
     budget: BudgetMeter | None = None

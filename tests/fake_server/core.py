@@ -368,6 +368,7 @@ class Core:
             responses[str(status)] = responses.get(str(status), 0) + 1
             if status == 429:
                 self._stats.count_429 += 1
+                self._stats.rejections.append(time.monotonic())
         return headers
 
     def _rate_limit_headers(self, api: Api) -> dict[str, str]:

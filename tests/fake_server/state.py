@@ -54,6 +54,7 @@ class Stats:
     peak_in_flight_by_model: dict[str, int] = field(default_factory=dict)
     attempts_by_prompt: dict[str, int] = field(default_factory=dict)
     arrivals: list[float] = field(default_factory=list)  # time.monotonic()
+    rejections: list[float] = field(default_factory=list)  # when each 429 was sent, likewise
     keys_seen: set[str] = field(default_factory=set)
     tokens_billed_input: int = 0
     tokens_billed_output: int = 0

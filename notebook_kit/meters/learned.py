@@ -1,0 +1,101 @@
+"""A request rate learned from 429s, for a server that enforces a limit it does not tell
+(opt-in for now: `learn_rate=True`).
+
+Adaptive concurrency is the wrong control for a rate: at a fixed rate limit, fewer
+requests in flight only help if each one is slow. So, when no `rpm` is given and no reply
+carries rate-limit headers, this meter learns the rate itself (AIMD on the rate):
+
+- until the first 429 it lets every request through (a run that meets no limit pays
+  nothing: no slow start);
+- a 429 sets the rate to what the server accepted over the last few seconds, times
+  `BACKOFF` (one cut per overload: the 429s of one burst cut once);
+- then starts are spaced evenly at that rate, and each second without a 429 raises it by
+  `GROWTH` of the rate it was cut to, so it creeps back towards the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+
+from ..clock import Clock
+from ..retry import server_wait
+from ..types import ErrorType, Request
+from .base import AttemptOutcome
+
+BACKOFF = 0.9  # the rate after a 429, as a share of what the server accepted
+GROWTH = 0.01  # per second without a 429, as a share of the rate after the cut
+WINDOW = 5.0  # seconds of accepted replies that measure what the server takes
+CALM = 1.0  # seconds after a cut during which more 429s belong to the same overload
+
+
+class LearnedRate:
+    """Paces starts at a rate learned from 429s (see the module's docstring)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.rate: float | None = None  # starts per second; None: not limited
+        self._cut_to = 0.0  # the rate right after the last cut
+        self._cut_at = -math.inf
+        self._accepted: deque[float] = deque()  # clock times of replies that were not 429
+        self._first_start: float | None = None
+        self._next_start = -math.inf
+        self._lock = asyncio.Lock()  # FIFO: starts are granted in arrival order
+        self.told = False  # a reply carried rate-limit headers: they pace the run instead
+
+    async def acquire(self, request: Request) -> None:
+        if self._first_start is None:
+            self._first_start = self._clock.now()
+        if self.rate is None:
+            return
+        async with self._lock:
+            rate = self._current()
+            if rate is None:
+                return
+            delay = self._next_start - self._clock.now()
+            if delay > 0:
+                await self._clock.sleep(delay)
+            self._next_start = max(self._next_start, self._clock.now()) + 1.0 / rate
+
+    def release(self, held: object, outcome: AttemptOutcome) -> None:
+        if not outcome.sent or self.told:
+            return
+        completion, error = outcome.completion, outcome.error
+        if completion is not None and completion.rate is not None:
+            self.told, self.rate = True, None  # the headers say it better
+            return
+        now = self._clock.now()
+        if error is not None and error.error_type is ErrorType.RATE_LIMIT:
+            self._cut(now, server_wait(error))
+        elif completion is not None:
+            self._accepted.append(now)
+            while self._accepted and self._accepted[0] < now - WINDOW:
+                self._accepted.popleft()
+
+    def _cut(self, now: float, retry_after: float | None) -> None:
+        """A 429: the first of an overload cuts the rate; the rest of its burst do not."""
+        if now < self._cut_at + CALM:
+            return
+        since = now - (self._first_start if self._first_start is not None else now)
+        span = max(1.0, min(WINDOW, since))
+        recent = sum(1 for t in self._accepted if t >= now - span)
+        current = self._current()
+        if recent:
+            accepted = recent / span
+            base = accepted if current is None else min(accepted, current)
+        elif current is not None:
+            base = current
+        else:
+            return  # nothing accepted yet: no evidence of a rate (the cool-down waits)
+        self.rate = self._cut_to = max(base * BACKOFF, 1.0 / 60)  # at least one a minute
+        self._cut_at = now
+        self._next_start = max(self._next_start, now + (retry_after or 0.0))
+
+    def _current(self) -> float | None:
+        """The rate now: grown since the last cut."""
+        if self.rate is None:
+            return None
+        grown = self._cut_to * (1.0 + GROWTH * max(0.0, self._clock.now() - self._cut_at))
+        self.rate = grown
+        return grown

@@ -1,0 +1,76 @@
+"""A rate learned from 429s, against a limit nobody told (the demo model's simulated rpm,
+no rate headers), on looptime's virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import notebook_kit as kit
+from notebook_kit.events import AttemptFinished
+
+pytestmark = pytest.mark.looptime
+
+
+async def run(n: int, **options: Any) -> tuple[pd.DataFrame, list[AttemptFinished]]:
+    df = pd.DataFrame({"prompt": [f"question {i}" for i in range(n)]})
+    seen: list[AttemptFinished] = []
+    options.setdefault("learn_rate", True)
+    job = kit.start(df, "prompt", cache=False, progress=False, concurrency=50, **options)
+    job.subscribe(seen.append, (AttemptFinished,))  # type: ignore[arg-type]
+    return await job, seen
+
+
+def limited() -> kit.DemoProvider:
+    return kit.DemoProvider(latency=0.2, jitter=0.0, rpm=600, retry_after=None)
+
+
+async def test_an_undisclosed_limit_is_learned_close_to_it_with_few_429s() -> None:
+    result, attempts = await run(300, provider=limited())
+    assert (result["status"] == "ok").all()
+    rejected = [a.t for a in attempts if a.outcome == "rate_limit"]
+    assert len(rejected) <= 60
+    assert sum(t > 2.0 for t in rejected) <= 20  # after the first burst, a few
+    ends = sorted(a.t for a in attempts if a.outcome == "ok")
+    rate = (len(ends) - 1) / (ends[-1] - ends[0])
+    assert rate >= 0.9 * 10  # of the server's 10 a second
+
+
+async def test_a_run_that_meets_no_limit_is_not_slowed() -> None:
+    free = kit.DemoProvider(latency=0.2, jitter=0.0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await run(200, provider=free)
+    learning = loop.time() - began
+    began = loop.time()
+    await run(200, provider=kit.DemoProvider(latency=0.2, jitter=0.0), learn_rate=False)
+    assert learning == pytest.approx(loop.time() - began, abs=1e-6)
+
+
+async def test_rate_headers_turn_the_learning_off() -> None:
+    from notebook_kit.clock import LoopClock
+    from notebook_kit.errors import CallError
+    from notebook_kit.meters import AttemptOutcome
+    from notebook_kit.meters.learned import LearnedRate
+    from notebook_kit.types import Completion, ErrorType, RateInfo, Request
+
+    meter = LearnedRate(LoopClock())
+    request = Request(key=0, messages=[{"role": "user", "content": "hi"}])
+    await meter.acquire(request)
+    ok = Completion(text="x", model="m")
+    for _ in range(20):
+        meter.release(None, AttemptOutcome(request, True, ok))
+    limited_ = CallError(ErrorType.RATE_LIMIT, "429", status=429)
+    meter.release(None, AttemptOutcome(request, True, None, limited_))
+    assert meter.rate is not None and meter.rate == pytest.approx(20 * 0.9)
+    told = Completion(text="x", model="m", rate=RateInfo(remaining_requests=5))
+    meter.release(None, AttemptOutcome(request, True, told))
+    assert getattr(meter, "rate") is None and meter.told  # noqa: B009 - read afresh
+
+
+def test_learn_rate_is_an_option() -> None:
+    with pytest.raises(kit.ConfigError, match="learn_rate must be True or False"):
+        kit.run_df_sync(pd.DataFrame({"p": ["x"]}), "p", learn_rate="no")  # type: ignore[arg-type]
