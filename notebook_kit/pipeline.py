@@ -188,11 +188,7 @@ class Pipeline:
 
     @property
     def state(self) -> str:
-        if self.stop_reason is not None:
-            return "stopping"
-        if self.gate.paused_by("budget"):
-            return "paused at the budget"
-        return "paused" if self.gate.paused_by("user") else "running"
+        return self.gate.state(stopping=self.stop_reason is not None)
 
     def snapshot(self) -> Snapshot:
         """The whole rows' counts, and one snapshot per step."""

@@ -19,6 +19,7 @@ from typing import Any
 from . import cells
 from .config import RunConfig, whole
 from .errors import ConfigError
+from .frame import STATUS_COLUMNS
 from .options import RunOptions, checked, chosen_provider, run_config
 from .providers.base import Provider
 from .session import defaults
@@ -31,18 +32,8 @@ PIPELINE_OPTIONS = frozenset({"cache", "budget_usd", "progress", "limit"})
 NOT_IN_STEPS = frozenset({"messages_col", "system_col", "model_col", "output_col", "prefix"})
 # what the pipeline adds besides each step's columns
 ROW_COLUMNS = ("status", "error", "error_type", "failed_step", "cost_usd")
-STEP_COLUMNS = (
-    "status",
-    "error",
-    "error_type",
-    "attempts",
-    "latency_s",
-    "ttft_s",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "cached",
-)
+# a step's own columns: the status columns of a run, but a row's id, finish and model
+STEP_COLUMNS = tuple(c for c in STATUS_COLUMNS if c not in ("finish_reason", "request_id", "model"))
 
 
 class Step:

@@ -54,6 +54,14 @@ class StartGate:
         """Paused, or cooling down after a 429: a request now would start too early."""
         return bool(self._reasons) or self._closed_until > self._clock.now()
 
+    def state(self, *, stopping: bool) -> str:
+        """What a run behind this gate is doing, for displays."""
+        if stopping:
+            return "stopping"
+        if self.paused_by("budget"):
+            return "paused at the budget"
+        return "paused" if self.paused_by("user") else "running"
+
     def cooling_for(self) -> float:
         return max(0.0, self._closed_until - self._clock.now())
 
