@@ -138,6 +138,11 @@ def start(
     if steps is not None:
         if prompt is not None or not isinstance(data, pd.DataFrame):
             raise ConfigError("with steps=..., pass only the DataFrame: the steps say what to send")
+        if models:
+            raise ConfigError(
+                "models= fills a run's model menu; a pipeline's panel has none: give each "
+                "step its model=..., or job.set_model(model, step=...) while it runs"
+            )
         job = new_job(data, steps, options, entry="start", pause_at_budget=True)
     else:
         job = _job(data, prompt, options, entry="start", pause_at_budget=True)

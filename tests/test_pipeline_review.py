@@ -205,3 +205,8 @@ async def test_retry_failed_when_rows_fail_again_and_later_steps_stay_empty() ->
     assert (again["failed_step"] == "b").all()
     assert again["c_status"].isna().all() and (again["status"] == "error").all()
     assert again["b_attempts"].tolist() == [2, 2, 2]
+
+
+async def test_a_model_menu_is_refused_for_a_pipeline() -> None:
+    with pytest.raises(kit.ConfigError, match="give each step its model"):
+        kit.start(topics(1), steps=[kit.Step("a", template="{topic}")], models=["x"])
