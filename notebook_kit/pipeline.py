@@ -2,8 +2,9 @@
 
 Each model step is an `Engine` of its own (its own concurrency, model, retries), fed by a
 queue: a row enters the next step's queue the moment its previous step ends, so a fast
-row reaches step 3 while slow rows are still in step 1. Steps share the start gate
-(Pause, 429 cool-downs), the budget, and their endpoint's rpm/tpm meters. Function steps
+row reaches step 3 while slow rows are still in step 1. Steps on one endpoint share its
+start gate (429 cool-downs) and rpm/tpm meters; Pause and the budget hold every gate.
+Function steps
 (`fn=`) run here, between the engines; `when=` skips a step for a row. A row that fails
 a step runs no later step. Plain asyncio: no widgets or SDKs.
 """
@@ -34,8 +35,9 @@ from .events import (
     RunFinished,
     StopRequested,
 )
-from .meters import BudgetMeter, StartGate
+from .meters import BudgetMeter
 from .meters.assembly import Shared, rate_meters
+from .meters.gate import Gates
 from .meters.learned import LearnedRate
 from .meters.rate import RateMeter
 from .pipeline_rows import RowValues, RowWork, row_result
@@ -139,7 +141,7 @@ class Pipeline:
         policy = models[0].config.retry if models and models[0].config else None
         from .config import RetryPolicy
 
-        self.gate = StartGate(clock=self.clock, policy=policy or RetryPolicy())
+        self.gate = Gates(clock=self.clock, policy=policy or RetryPolicy())  # one per endpoint
         self.budget = None if budget_usd is None else self._budget_meter(budget_usd)
         rates: dict[tuple[str, ...], tuple[RateMeter | LearnedRate, ...]] = {}
         self.engines: dict[int, Engine] = {}
@@ -148,7 +150,7 @@ class Pipeline:
             endpoint = stage.endpoint or (stage.name,)
             if endpoint not in rates:
                 rates[endpoint] = rate_meters(stage.config, self.clock)
-            shared = Shared(self.gate, rates[endpoint], self.budget)
+            shared = Shared(self.gate.of(endpoint), rates[endpoint], self.budget)
             engine = Engine(
                 stage.provider,
                 stage.config,

@@ -15,6 +15,7 @@ from fake_server import FakeLLMServer
 
 import notebook_kit as kit
 from notebook_kit.clock import Clock
+from notebook_kit.events import AttemptStarted
 from notebook_kit.pipeline import Pipeline
 
 
@@ -210,3 +211,39 @@ async def test_retry_failed_when_rows_fail_again_and_later_steps_stay_empty() ->
 async def test_a_model_menu_is_refused_for_a_pipeline() -> None:
     with pytest.raises(kit.ConfigError, match="give each step its model"):
         kit.start(topics(1), steps=[kit.Step("a", template="{topic}")], models=["x"])
+
+
+async def test_a_429_cools_down_its_own_endpoint_only(server: FakeLLMServer) -> None:
+    server.configure(latency=0.02)
+    df = topics(6, hint=[" [[429 retry_after=3 times=1]]"] + [""] * 5)
+    steps = [
+        kit.Step("a", template="{topic}{hint}", model="m-a"),
+        kit.Step("b", template="{a}", model="m-b"),  # another endpoint
+    ]
+    result = await kit.run_pipeline(df, steps, **wire(server))
+    assert (result["status"] == "ok").all()
+    attempts = kit.report(result).attempts()
+    rejected_at = attempts.query("outcome == 'rate_limit'")["end_s"].min()
+    b_starts = attempts.query("step == 'b' and row > 0")["start_s"]
+    assert (b_starts < rejected_at + 3.0).all()  # step b did not wait out step a's 429
+    a_retry = attempts.query("step == 'a' and row == 0 and attempt == 2")["start_s"].min()
+    assert a_retry >= rejected_at + 2.9  # step a's own endpoint did
+
+
+@pytest.mark.looptime
+async def test_pause_holds_every_endpoint() -> None:
+    steps = [
+        kit.Step("a", template="{topic}", provider=kit.DemoProvider(latency=1.0, jitter=0)),
+        kit.Step("b", template="{a}", provider=kit.DemoProvider(latency=2.0, jitter=0)),
+    ]
+    starts: list[float] = []
+    job = kit.start(topics(20), steps=steps, cache=False, progress=False, concurrency=2)
+    job.subscribe(lambda event: starts.append(event.t), (AttemptStarted,))
+    await asyncio.sleep(3.5)  # virtual seconds: both steps are busy
+    job.pause()
+    paused_at = len(starts)
+    await asyncio.sleep(60.0)  # paused for a virtual minute: nothing starts anywhere
+    assert len(starts) == paused_at and job.state == "paused"
+    job.resume()
+    result = await job
+    assert (result["status"] == "ok").all() and len(starts) == 40

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from ..pricing import price_of
 from ..types import Request
 from .base import AttemptOutcome, Refused
-from .gate import StartGate
+from .gate import Gates, StartGate
 
 
 class Budget:
@@ -65,7 +65,7 @@ class BudgetMeter:
         self,
         usd: float,
         *,
-        gate: StartGate,
+        gate: StartGate | Gates,
         pause_at_budget: bool,
         on_reached: Callable[[], None],
         spent: float = 0.0,

@@ -80,6 +80,51 @@ class StartGate:
             self.cool_down(rate_limit_pause(error, self._policy))
 
 
+class Gates:
+    """A pipeline's start gates, one per endpoint: a 429 cools down the steps on its own
+    endpoint only, while Pause, Resume and the budget hold every gate."""
+
+    def __init__(self, *, clock: Clock, policy: RetryPolicy) -> None:
+        self._clock = clock
+        self._policy = policy
+        self._gates: dict[object, StartGate] = {}
+
+    def of(self, endpoint: object) -> StartGate:
+        """The gate of `endpoint` (made on first use, paused as the others are)."""
+        gate = self._gates.get(endpoint)
+        if gate is None:
+            gate = self._gates[endpoint] = StartGate(clock=self._clock, policy=self._policy)
+            for reason in self._reasons():
+                gate.pause(reason)
+        return gate
+
+    def _reasons(self) -> set[PauseReason]:
+        first = next(iter(self._gates.values()), None)
+        return set(first._reasons) if first is not None else set()
+
+    def paused_by(self, reason: PauseReason) -> bool:
+        return any(gate.paused_by(reason) for gate in self._gates.values())
+
+    def pause(self, reason: PauseReason = "user") -> None:
+        for gate in self._gates.values():
+            gate.pause(reason)
+
+    def resume(self, reason: PauseReason = "user") -> None:
+        for gate in self._gates.values():
+            gate.resume(reason)
+
+    def state(self, *, stopping: bool) -> str:
+        gate = next(iter(self._gates.values()), None)
+        if gate is None:
+            return "stopping" if stopping else "running"
+        return gate.state(stopping=stopping)
+
+    async def acquire(self, request: Request | None = None) -> None:
+        """Wait until no gate is paused (the budget waits here to be raised)."""
+        for gate in list(self._gates.values()):
+            await gate.acquire(request)
+
+
 class HeaderPacing:
     """Closes the gate until the reset when a reply's rate-limit headers say the quota is used.
 
