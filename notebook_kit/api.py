@@ -37,7 +37,7 @@ from .progress import ProgressBar
 from .providers import DEMO_NOTICE, resolve
 from .registry import remember, stop_the_cells_earlier_job, told_in_one_line
 from .reporting import RunReport
-from .rerun import failed_rows, merged, rerun_job, run_totals
+from .rerun import failed_rows, merged, rerun_job, with_both_runs
 from .row_stream import RowStream
 from .session import defaults
 from .steps import Step
@@ -395,19 +395,7 @@ async def _retry_steps(
 
     def merged(rerun: pd.DataFrame) -> pd.DataFrame:
         frame = merge_steps(result, positions, starts, rerun, job.plan.stages)
-        latest = rerun.attrs[frames.META_KEY]
-        counts = frame["status"].value_counts()
-        frame.attrs[frames.META_KEY] = {
-            **meta,
-            **latest,
-            **run_totals(meta, latest),  # the whole frame's: both runs together
-            "started_at": meta.get("started_at"),
-            "counts": {str(k): int(v) for k, v in counts.items()},
-            "retried_rows": len(positions),
-            "retried_from": meta.get("run_id"),
-        }
-        history.set_last(frame)
-        return frame
+        return with_both_runs(frame, meta, rerun, len(positions))
 
     try:
         with told_in_one_line(job):

@@ -101,6 +101,14 @@ def merged(
     rerun = rerun if rerun is not None else job.result
     assert rerun is not None
     frame = frames.merge(result, positions, rerun, job.plan.added_columns)
+    return with_both_runs(frame, meta, rerun, len(positions))
+
+
+def with_both_runs(
+    frame: pd.DataFrame, meta: dict[str, Any], rerun: pd.DataFrame, retried: int
+) -> pd.DataFrame:
+    """`frame` (a result with re-run rows merged in) with attrs that count both runs; it
+    becomes the last result."""
     counts = frame["status"].value_counts()
     latest = rerun.attrs[frames.META_KEY]
     frame.attrs[frames.META_KEY] = {
@@ -109,7 +117,7 @@ def merged(
         **run_totals(meta, latest),  # the whole frame's: both runs together
         "started_at": meta.get("started_at"),
         "counts": {str(k): int(v) for k, v in counts.items()},
-        "retried_rows": len(positions),
+        "retried_rows": retried,
         "retried_from": meta.get("run_id"),
     }
     history.set_last(frame)
