@@ -49,13 +49,11 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = ROOT / "tests"  # holds the fake_server package, run as `python -m fake_server`
+from fake import call, serve
+
 KEY = "bench-key"
 SIGMA = 0.5
 # (model, median latency in seconds, concurrency) of each step, in order
@@ -261,36 +259,10 @@ def drawn_latencies(stats: dict[str, Any], n: int) -> Latencies | None:
 # -- the orchestra --------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def fake_server(scale: float) -> Iterator[str]:
-    """The tests' fake server in its own process, one model per step: its URL."""
+def fake_server(scale: float) -> contextlib.AbstractContextManager[str]:
+    """The tests' fake server in its own process, one model per step."""
     table = {model: {"median": median * scale, "sigma": SIGMA} for model, median, _ in STEPS}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            *["-m", "fake_server", "--port", "0", "--seed", "1"],
-            *["--model-latency", json.dumps(table)],
-        ],
-        cwd=TESTS,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        yield server.stdout.readline().split()[-1]
-    finally:
-        server.terminate()
-        server.wait()
-
-
-def call(url: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url + path, data=data, method="POST" if data else "GET")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        result: dict[str, Any] = json.loads(reply.read() or b"{}")
-        return result
+    return serve("--seed", "1", "--model-latency", json.dumps(table))
 
 
 def contend(url: str, name: str, n: int, scale: float) -> dict[str, Any]:

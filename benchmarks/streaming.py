@@ -46,13 +46,10 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = ROOT / "tests"  # holds the fake_server package, run as `python -m fake_server`
+from fake import call, serve
+
 KEY = "bench-key"
 MODEL = "bench"
 
@@ -159,35 +156,9 @@ def worker(args: argparse.Namespace) -> None:
 # -- the orchestra --------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def fake_server(latency: float, chunk_delay: float) -> Iterator[str]:
-    """The tests' fake server in its own process: its URL."""
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            *["-m", "fake_server", "--port", "0", "--seed", "1"],
-            *["--latency", str(latency), "--chunk-delay", str(chunk_delay)],
-        ],
-        cwd=TESTS,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        yield server.stdout.readline().split()[-1]
-    finally:
-        server.terminate()
-        server.wait()
-
-
-def call(url: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url + path, data=data, method="POST" if data else "GET")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        result: dict[str, Any] = json.loads(reply.read() or b"{}")
-        return result
+def fake_server(latency: float, chunk_delay: float) -> contextlib.AbstractContextManager[str]:
+    """The tests' fake server in its own process."""
+    return serve("--seed", "1", "--latency", str(latency), "--chunk-delay", str(chunk_delay))
 
 
 def contend(url: str, name: str, n: int, chunks: int, c: int) -> dict[str, Any]:

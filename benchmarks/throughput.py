@@ -26,13 +26,10 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = ROOT / "tests"  # holds the fake_server package, run as `python -m fake_server`
+from fake import call, serve
+
 KEY = "bench-key"
 
 
@@ -103,32 +100,9 @@ def worker(args: argparse.Namespace) -> None:
 # -- the orchestra --------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def fake_server(*settings: str) -> Iterator[str]:
-    """The tests' fake server in its own process (latency lognormal, median 300 ms): its URL."""
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fake_server",
-            "--port",
-            "0",
-            "--latency-median",
-            "0.3",
-            "--latency-sigma",
-            "0.5",
-            *settings,
-        ],
-        cwd=TESTS,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        yield server.stdout.readline().split()[-1]
-    finally:
-        server.terminate()
-        server.wait()
+def fake_server(*settings: str) -> contextlib.AbstractContextManager[str]:
+    """The tests' fake server in its own process (latency lognormal, median 300 ms)."""
+    return serve("--latency-median", "0.3", "--latency-sigma", "0.5", *settings)
 
 
 def ideal_makespan(latencies: list[float], slots: int) -> float:
@@ -137,15 +111,6 @@ def ideal_makespan(latencies: list[float], slots: int) -> float:
     for latency in latencies:
         heapq.heappush(free, heapq.heappop(free) + latency)
     return max(free)
-
-
-def call(url: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url + path, data=data, method="POST" if data else "GET")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        return json.loads(reply.read() or b"{}")
 
 
 def contend(url: str, name: str, n: int, c: int, rpm: float | None = None) -> dict[str, Any]:
