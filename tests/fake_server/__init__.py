@@ -111,12 +111,63 @@ content chunk, seconds from it to the last content chunk]). A stream's tokens ar
 in full when it starts (``tokens_billed_*``), however it ends; its 200 counts in
 ``responses`` when it starts, and a client that leaves mid-stream in ``disconnects`` too.
 
+Batches: OpenAI's Files and Batch APIs (``POST``/``GET /v1/files``, ``GET``/``DELETE
+/v1/files/{id}``, ``GET /v1/files/{id}/content``, ``POST``/``GET /v1/batches``, ``GET
+/v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``; endpoint ``/v1/chat/completions``
+only) and Anthropic's Message Batches (``POST``/``GET /v1/messages/batches``, ``GET``/``DELETE
+.../{id}``, ``POST .../{id}/cancel``, ``GET .../{id}/results``, the absolute ``results_url``).
+The key is checked as for chat (401); setting ``batches`` False answers 404 to all of these
+routes. A batch's requests are answered when it is created, by the chat pipeline without
+latency, rate limits, quota or random faults: directives apply (``[[status=500]]``,
+``[[content_filter]]``, ``[[finish=length]]``, ``[[tokens=9]]``; ``times=`` counts with the
+online attempts), ``reset``/``hang``/``malformed``/``not_utf8``/``error_200`` succeed, and
+``models``, ``usage``, ``reply_patch``, ``error_body`` apply. The answers come out in a
+seeded shuffle (the result files' order), evenly over ``batch_seconds`` (default 0.5), read
+off the monotonic clock at each call. OpenAI: ``validating`` for the first tenth (request
+counts all 0), ``in_progress`` to nine tenths, ``finalizing``, then ``completed``; Anthropic:
+``in_progress`` then ``ended``, counts growing. A cancel: ``cancelling``/``canceling`` for
+``batch_cancel_seconds`` (0.1), then ``cancelled``/``ended``, keeping what finished before the
+cancel; cancelling an ended OpenAI batch is a 409 (a cancelled one is returned as is), an
+ended Anthropic one is returned as is. ``batch_expire_after`` (seconds, default None: 24 h,
+as ``expires_at`` says): an unfinished batch then expires.
+
+Results. OpenAI output file: ``{"id": "batch_req_N", "custom_id", "response":
+{"status_code": 200, "request_id": "req_N", "body": <chat.completion>}, "error": null}``;
+error file: the same with the error's status and body, then each request a cancel or
+expiry left unrun: ``"response": null, "error": {"code": "batch_cancelled" |
+"batch_expired", "message"}`` (counted as failed); a file with no lines has a null id.
+Anthropic lines: ``{"custom_id", "result": R}``, R ``{"type": "succeeded", "message"}``,
+``{"type": "errored", "error": {"type": "error", "error": {"type", "message"}}}``,
+``{"type": "canceled"}`` or ``{"type": "expired"}``.
+
+Batch limits. OpenAI: an upload for purpose batch over ``batch_max_bytes`` (default None:
+200 MB) gets 400 ``File is too large.``; a batch fails (``failed``, ``errors.data`` items
+with ``code``, ``line``, ``message``, ``param``) on an empty file (``empty_file``), more
+lines than ``batch_max_requests`` (None: 50000; ``too_many_tasks``), a line not JSON
+(``invalid_json_line``), without custom_id or body, or not a POST (``invalid_request``), a
+repeated custom_id (``duplicate_custom_id``), a url not the endpoint (``url_mismatch``), a
+model not in ``models`` (``model_not_found``) or other than the first line's
+(``model_mismatch``: one model per batch); with ``batch_enqueued_token_limit`` set, when
+its input tokens (estimated as for chat) and those of the key's unfinished batches of that
+model exceed it (``token_limit_exceeded``). Anthropic, at create: 413 ``request_too_large``
+over ``batch_max_bytes`` (None: 256 MB of body); 400 over ``batch_max_requests`` (None:
+100000), on a repeated custom_id or one not matching ``^[a-zA-Z0-9_-]{1,64}$``.
+
+Batch stats: ``batches_created``, ``batches_by_api`` (``{"openai": n, "anthropic": m}``),
+``batch_ids`` and ``batch_sizes`` (requests in each, creation order), ``batch_requests``,
+``files_uploaded``, ``batch_retrieves`` (Anthropic's ``results()`` retrieves first),
+``batch_cancels``, ``batch_lists``, ``result_downloads``. Batches are kept until the server
+stops (a reset clears only the stats). On the command line: ``--batch-seconds``,
+``--batch-cancel-seconds``, ``--batch-expire-after``, ``--batch-max-requests``,
+``--batch-max-bytes``, ``--batch-enqueued-token-limit``, ``--no-batches``.
+
 Modules: ``server`` (lifecycle, routes, control endpoints), ``core`` (the
 per-request pipeline: directives, limits, faults, latency, in-flight
 accounting), ``settings``, ``state`` (rate-limit windows, stats), ``api`` (the
 seam each API module implements) and one module per API: ``openai_chat``,
 ``anthropic_messages``. A new API is an ``api.Api`` subclass in its own module,
-listed in ``server.APIS``.
+listed in ``server.APIS``. Batches: ``batches`` (the store, each job's clock, the
+routes' guard), ``openai_files`` and ``openai_batches``, ``anthropic_batches``.
 """
 
 from .server import FakeLLMServer

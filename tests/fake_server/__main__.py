@@ -34,10 +34,11 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[int, dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m fake_server", description=DESCRIPTION)
     parser.add_argument("--port", type=int, default=0)
     floats = ["latency", "latency_median", "latency_sigma", "retry_after", "rate_window"]
-    floats.append("chunk_delay")
+    floats += ["chunk_delay", "batch_seconds", "batch_cancel_seconds", "batch_expire_after"]
     for name in floats + [name for name, _ in RANDOM_FAULTS]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float)
-    for name in ("seed", "rpm_limit", "tpm_limit"):
+    ints = ["seed", "rpm_limit", "tpm_limit", "batch_max_requests", "batch_max_bytes"]
+    for name in [*ints, "batch_enqueued_token_limit"]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     parser.add_argument("--api-key")
     parser.add_argument("--models", type=lambda names: names.split(","), help="comma-separated")
@@ -57,6 +58,7 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[int, dict[str, Any]]:
     parser.add_argument(
         "--no-stream-usage", dest="stream_usage", action="store_false", default=None
     )
+    parser.add_argument("--no-batches", dest="batches", action="store_false", default=None)
     args = vars(parser.parse_args(argv))
     port = args.pop("port")
     return port, {name: value for name, value in args.items() if value is not None}

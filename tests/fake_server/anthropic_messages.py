@@ -15,6 +15,7 @@ ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    413: "request_too_large",
     429: "rate_limit_error",
     529: "overloaded_error",
 }
@@ -124,10 +125,10 @@ class AnthropicMessages(Api):
         return {
             f"anthropic-ratelimit-{kind}-limit": str(limit),
             f"anthropic-ratelimit-{kind}-remaining": str(remaining),
-            f"anthropic-ratelimit-{kind}-reset": _rfc3339(time.time() + reset),
+            f"anthropic-ratelimit-{kind}-reset": rfc3339(time.time() + reset),
         }
 
 
-def _rfc3339(timestamp: float) -> str:
+def rfc3339(timestamp: float) -> str:
     moment = datetime.fromtimestamp(timestamp, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

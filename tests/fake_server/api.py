@@ -162,6 +162,15 @@ class ApiError:
     param: str | None = None  # OpenAI's "param": the request field at fault
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A batched request's answer: its number (for ids), HTTP status and JSON body."""
+
+    rid: int
+    status: int
+    body: dict[str, Any]
+
+
 class Api(ABC):
     """One API the server speaks."""
 

@@ -11,11 +11,22 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from .api import Api, ApiError, ChatRequest, Reply, api_key, merge_patch, milliseconds, seconds
+from .api import (
+    Answer,
+    Api,
+    ApiError,
+    ChatRequest,
+    Reply,
+    api_key,
+    merge_patch,
+    milliseconds,
+    seconds,
+)
 from .settings import RANDOM_FAULTS, Directive, Fault, Settings
 from .state import Stats, Window
 
@@ -156,8 +167,7 @@ class Core:
         if settings.api_key is not None and chat.api_key != settings.api_key:
             return ApiError(401, f"Incorrect API key provided: {chat.api_key}", "invalid_api_key")
         if settings.models is not None and chat.model not in settings.models:
-            message = f"The model `{chat.model}` does not exist or you do not have access to it."
-            return ApiError(404, message, "model_not_found")
+            return unknown_model(chat.model)
         if settings.quota_exhausted:
             return api.quota_error()
         limits = self._limits(settings, chat.input_tokens)
@@ -218,6 +228,56 @@ class Core:
                 latency = settings.latency
             self._stats.latencies.append(latency)
         await asyncio.sleep(latency)
+
+    # -- batches ---------------------------------------------------------------
+
+    def next_id(self) -> int:
+        """A fresh request number: answers are "req_<n>" and their bodies' ids use it."""
+        return next(self._ids)
+
+    def tally(self, change: Callable[[Stats], None]) -> None:
+        """Apply `change` to the stats, under the lock."""
+        with self._lock:
+            change(self._stats)
+
+    def answer(self, api: Api, body: Any, key: str | None) -> Answer:
+        """A batched request's answer, as `handle` gives it online but with no latency, rate
+        limits, quota or random faults: a directive's error status (or content_filter,
+        quota) is an error answer; reset, hang, malformed, not_utf8, error_200 succeed."""
+        rid = next(self._ids)
+        try:
+            if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+                raise ValueError("the body must be a JSON object with a 'messages' list")
+            chat = ChatRequest.parse(body, key)
+            directive = Directive.parse(chat.prompt)
+        except ValueError as exc:
+            return self._answer_error(api, rid, ApiError(400, f"Invalid request: {exc}"))
+        with self._lock:
+            settings = self._settings
+            if key is not None:
+                self._stats.keys_seen.add(key)
+            attempt = self._stats.attempts_by_prompt.get(chat.prompt, 0) + 1
+            self._stats.attempts_by_prompt[chat.prompt] = attempt
+        error: ApiError | None = None
+        if settings.models is not None and chat.model not in settings.models:
+            error = unknown_model(chat.model)
+        elif settings.json_schema_refused and chat.form == "json_schema":
+            error = ApiError(400, api.format_refusal)
+        elif settings.stream_options_refused:
+            error = api.refused_option(chat)
+        if error is None and directive is not None:
+            error = _fault_error(api, directive.fault_for(attempt), settings.retry_after)
+        if error is not None:
+            return self._answer_error(api, rid, error)
+        reply = Reply.to(chat, directive, attempt)
+        success = api.success_body(rid, chat, reply, usage=settings.usage)
+        if settings.reply_patch is not None:
+            success = merge_patch(success, settings.reply_patch)
+        return Answer(rid, 200, success)
+
+    def _answer_error(self, api: Api, rid: int, error: ApiError) -> Answer:
+        body = self._settings.error_body
+        return Answer(rid, error.status, api.error_body(error) if body is None else body)
 
     # -- responses -------------------------------------------------------------
 
@@ -416,6 +476,12 @@ class Core:
                     stats.in_flight_by_model[model] = level
                 else:
                     stats.in_flight_by_model.pop(model, None)
+
+
+def unknown_model(model: str) -> ApiError:
+    """The 404 to a model the server does not serve."""
+    message = f"The model `{model}` does not exist or you do not have access to it."
+    return ApiError(404, message, "model_not_found")
 
 
 def _fault_error(api: Api, fault: Fault | None, retry_after: float) -> ApiError | None:

@@ -11,14 +11,17 @@ from typing import Any
 
 from aiohttp import web
 
+from . import anthropic_batches, openai_batches
 from .anthropic_messages import AnthropicMessages
 from .api import Api
+from .batches import BatchStore
 from .core import Core
 from .openai_chat import OpenAIChat
 from .settings import Settings
 
 HOST = "127.0.0.1"
 SHUTDOWN_TIMEOUT = 0.2
+MAX_BODY = 600 * 1024**2  # bytes a request may send: above both APIs' batch limits
 APIS: tuple[Api, ...] = (OpenAIChat(), AnthropicMessages())  # the APIs served, one route each
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -30,6 +33,7 @@ class FakeLLMServer:
     def __init__(self, *, port: int = 0, **settings: Any) -> None:
         self._port = port
         self._core = Core(Settings(**settings))
+        self._batches = BatchStore()  # both APIs' batch jobs and files
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -69,9 +73,11 @@ class FakeLLMServer:
         self.stop()
 
     async def _serve(self, started: Future[None]) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY)
         for api in APIS:
             app.router.add_post(api.path, self._chat_handler(api))
+        for batch_api in (openai_batches, anthropic_batches):
+            app.router.add_routes(batch_api.routes(self._core, self._batches))
         app.router.add_get("/_stats", self._get_stats)
         app.router.add_post("/_reset", self._post_reset)
         app.router.add_get("/_config", self._get_config)

@@ -69,6 +69,14 @@ class Settings:
     chunk_delay: float = 0.0  # streaming: seconds between two content chunks
     stream_options_refused: bool = False  # a 400 to OpenAI's stream_options (old servers)
     stream_usage: bool = True  # False: streams report no usage (see the package docstring)
+    # batch jobs (see the package docstring's "Batches"):
+    batches: bool = True  # False: a server without batch routes (404 to each)
+    batch_seconds: float = 0.5  # a batch's requests finish spread over this long
+    batch_cancel_seconds: float = 0.1  # from a cancel to the batch's end
+    batch_expire_after: float | None = None  # seconds: unfinished batches expire then
+    batch_max_requests: int | None = None  # None: the API's (OpenAI 50000, Anthropic 100000)
+    batch_max_bytes: int | None = None  # None: the API's (OpenAI 200 MB file, Anthropic 256 MB)
+    batch_enqueued_token_limit: int | None = None  # OpenAI: per key and model, unfinished batches
 
     def __post_init__(self) -> None:
         if self.models is not None:
@@ -83,6 +91,13 @@ class Settings:
             )
         if self.latency_median is not None and self.latency_median <= 0:
             raise ValueError("latency_median must be > 0")
+        if min(self.batch_seconds, self.batch_cancel_seconds) < 0:
+            raise ValueError("batch_seconds and batch_cancel_seconds must be >= 0")
+        limits = (self.batch_max_requests, self.batch_max_bytes, self.batch_enqueued_token_limit)
+        if (self.batch_expire_after is not None and self.batch_expire_after <= 0) or any(
+            limit is not None and limit < 1 for limit in limits
+        ):
+            raise ValueError("batch_expire_after must be > 0 and the batch limits >= 1")
         if self.model_latency is not None:
             object.__setattr__(self, "model_latency", _checked_model_latency(self.model_latency))
 

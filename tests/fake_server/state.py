@@ -70,6 +70,17 @@ class Stats:
     # per ended stream that sent content: [seconds from arrival to its first content chunk,
     # seconds from its first content chunk to its last]
     stream_spans: list[list[float]] = field(default_factory=list)
+    # batch jobs (both APIs; `batches_by_api` by "openai" / "anthropic"):
+    batches_created: int = 0
+    batches_by_api: dict[str, int] = field(default_factory=dict)
+    batch_ids: list[str] = field(default_factory=list)  # in creation order
+    batch_sizes: list[int] = field(default_factory=list)  # requests in each, likewise
+    batch_requests: int = 0  # requests submitted in batches
+    files_uploaded: int = 0
+    batch_retrieves: int = 0
+    batch_cancels: int = 0
+    batch_lists: int = 0
+    result_downloads: int = 0  # OpenAI output/error file contents, Anthropic results
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-compatible deep copy."""
