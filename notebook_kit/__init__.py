@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
     from .api import (
+        attach as attach,
+        batches as batches,
         cache_info as cache_info,
         clear_cache as clear_cache,
         controls as controls,
@@ -123,6 +125,8 @@ _HOMES = {
     "SessionDefaults": "session",
     "Snapshot": "reporting",
     "Step": "steps",
+    "attach": "api",
+    "batches": "api",
     "cache_info": "api",
     "clear_cache": "api",
     "controls": "api",

@@ -14,7 +14,7 @@ from typing import Any, Unpack
 
 import pandas as pd
 
-from . import frame as frames, history
+from . import batch_jobs, frame as frames, history
 from .cache import Cache
 from .config import RunConfig, whole
 from .errors import ConfigError, RunError
@@ -303,6 +303,41 @@ def controls() -> DefaultsPanel:
     if in_notebook():
         display_in_cell(panel)
     return panel
+
+
+def batches(cache: str | Path | Cache | None = None) -> pd.DataFrame:
+    """The provider batch jobs the kit created (mode="batch"), newest first, as last seen:
+    state, rows, done, failed, whether their rows were read, and when they expire."""
+    return batch_jobs.listing(_database(cache))
+
+
+def attach(
+    batch_id: str,
+    *,
+    api_key: str | None = None,
+    cache: str | Path | Cache | None = None,
+    panel: bool | None = None,
+) -> Job:
+    """Wait for one batch job the kit created (`kit.batches()` lists them) and read its
+    rows, in a notebook cell or a coroutine: `result = await kit.attach(batch_id)`. One row
+    per request: `position` is the row's place in the frame that made the batch. Running
+    the cell that made it again does the same and gives back that frame."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise ConfigError("kit.attach runs in a notebook cell or a coroutine (await)") from None
+    job = batch_jobs.attach_job(
+        batch_id, api_key=api_key, cache=_database(cache), progress=panel is not False
+    )
+    _attach_display(job, panel=panel)
+    job.task = loop.create_task(job.run(), name=f"notebook_kit-{job.report.run_id}")
+    job.task.add_done_callback(_report_failure)
+    return job
+
+
+def _database(cache: str | Path | Cache | None) -> Cache | None:
+    """The cache file whose database holds the batch jobs (the default file if None)."""
+    return chosen_cache(True if cache is None else cache)
 
 
 def cache_info(cache: bool | str | Path | Cache | None = None) -> dict[str, Any]:

@@ -80,6 +80,18 @@ def fingerprint(
     return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def connect(path: Path, *, wal: bool) -> sqlite3.Connection:
+    """A connection to the kit's database file (WAL mode where the file system allows it)."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA journal_mode={'WAL' if wal else 'DELETE'}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def on_network_filesystem(path: Path) -> bool:
     """Whether `path` lives on NFS/SMB and friends, where sqlite's WAL mode is unsafe."""
     try:
@@ -138,14 +150,7 @@ class Cache:
         return f"Cache({str(self.path)!r}, wal={self.wal})"
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-        try:
-            conn.execute(f"PRAGMA journal_mode={'WAL' if self.wal else 'DELETE'}")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return connect(self.path, wal=self.wal)
 
     def _create(self) -> None:
         with closing(self._connect()) as conn, conn:

@@ -43,6 +43,17 @@ def number(name: str, value: object, *, above: float | None = None, least: float
     return float(value)  # type: ignore[arg-type]
 
 
+MODES = ("online", "batch")
+
+
+def mode(value: object) -> str:
+    """`value` if it names a mode: online (a request per row now) or batch (a provider's
+    batch job)."""
+    if value not in MODES:
+        raise ConfigError(f'mode must be "online" or "batch", got {value!r}')
+    return str(value)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """How failed requests are retried (only rate limits, timeouts, 5xx, resets, bad bodies).
@@ -109,9 +120,18 @@ class RunConfig:
     budget_usd: float | None = None  # spend at most this much (needs max_tokens and a price)
     pause_at_budget: bool = False  # a background job pauses at the budget; a run stops
     schema: Schema | None = None  # replies must be JSON that fits it (schema=)
+    mode: str = "online"  # or "batch": the provider's batch job (half the price, <= 24 h)
+    batch_poll_s: float | None = None  # batch: first wait between polls (None: the provider's)
 
     def __post_init__(self) -> None:
         number("timeout", self.timeout, above=0)
+        mode(self.mode)
+        if self.batch_poll_s is not None:
+            number("batch_poll_s", self.batch_poll_s, above=0)
+        if self.mode == "batch" and self.stream:
+            raise ConfigError(
+                "a batch job's replies are read when it ends: stream=True is for online runs"
+            )
         if self.total_timeout is not None:
             number("total_timeout", self.total_timeout, above=0)
         if self.budget_usd is not None:
@@ -135,6 +155,7 @@ class RunConfig:
             "total_timeout": self.total_timeout,
             "budget_usd": self.budget_usd,
             "schema": None if self.schema is None else self.schema.name,
+            "mode": self.mode,  # not read back: retry_failed re-runs online unless told
         }
 
     @classmethod

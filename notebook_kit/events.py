@@ -12,6 +12,7 @@ subscriber that does not ask for them never sees them.
     RowFinished       the row's final result (also for cache, dedupe and input rows)
     ChunkReceived     a piece of a streamed reply (only made when someone listens)
     LimitChanged      the concurrency limit moved (slider or 429s)
+    BatchChanged      a provider batch job was submitted, moved on, or ended (batch mode)
     Paused, Resumed   by the user or at the budget
     StopRequested     Stop, an interrupt, a run error or the budget: nothing new starts
     RunFinished       the run is over
@@ -23,7 +24,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
-from .types import RowResult
+from .types import BatchStatus, RowResult
 
 # where a row's answer came from ("function": a pipeline step's fn=)
 Source = Literal["call", "cache", "dedupe", "input", "function"]
@@ -92,6 +93,11 @@ class LimitChanged(NamedTuple):
     limit: int  # requests in flight allowed now
     target: int  # the user's setting (the adaptive limit stays at or below it)
     step: str | None = None
+
+
+class BatchChanged(NamedTuple):
+    t: float
+    status: BatchStatus
 
 
 class Paused(NamedTuple):

@@ -37,6 +37,8 @@ from .reporting import RunReport, Snapshot
 from .types import Request, RowResult, RowStatus
 
 if TYPE_CHECKING:
+    from .batch import BatchRun
+    from .batch.store import StoredBatch
     from .row_stream import FinishedRow
 
 Display = AbstractAsyncContextManager[object]
@@ -349,25 +351,40 @@ class FrameJob(Job):
         self.provider = provider
         self.config = config
         self.pace: Pace | None = None  # holds rows back while a reader of rows lags
+        self.attach: StoredBatch | None = None  # kit.attach: read this batch, send nothing
 
     def concurrency_limit(self) -> int:
         """Requests allowed in flight now."""
         return self.snapshot().limit
 
     def _finished_rows(self) -> list[RowResult]:
-        return list(self.engine.results.values()) if isinstance(self.engine, Engine) else []
+        results: dict[int, RowResult] = getattr(self.engine, "results", {})
+        return list(results.values())
 
-    def _scheduler(self) -> Engine:
+    def _scheduler(self) -> Engine | BatchRun:
         total = len(self.plan.frame)
+        if self.config.mode == "batch":
+            from .batch import BatchRun, store_for
+
+            return BatchRun(
+                self.provider,
+                self.config,
+                total=total,
+                run_id=self.report.run_id,
+                store=store_for(self.cache),
+                cache=self.cache,
+                clock=self._clock,
+                attach=self.attach,
+            )
         return Engine(self.provider, self.config, total=total, cache=self.cache, clock=self._clock)
 
-    async def _execute(self, scheduler: Engine) -> None:
+    async def _execute(self, scheduler: Engine | BatchRun) -> None:
         items = self.plan.requests(self.config.params, self.config.schema)
         await scheduler.run(self.pace(items) if self.pace is not None else items)
 
     def _frame(
         self,
-        scheduler: Engine | None,
+        scheduler: Engine | BatchRun | None,
         *,
         unfinished: RowStatus = RowStatus.CANCELLED,
         reason: str | None = None,
@@ -388,6 +405,13 @@ class FrameJob(Job):
             **self.plan.describe(),
             "columns": self.plan.added_columns,
         }
+
+    def _metadata(self, engine: Scheduler, result: pd.DataFrame, started: float) -> dict[str, Any]:
+        meta = super()._metadata(engine, result, started)
+        batches = getattr(engine, "batches", None)
+        if batches is not None:  # batch mode: the provider's jobs, to find them again
+            meta["batches"] = {b.batch_id: b.state for b in batches.values()}
+        return meta
 
     def _remember(self, result: pd.DataFrame) -> None:
         history.remember(history.RunRecord(self.report, self.provider, self.config), result)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
 from .cache import Cache, shared_cache
-from .config import Limits, RetryPolicy, RunConfig, check_budget, number, whole
+from .config import Limits, RetryPolicy, RunConfig, check_budget, mode, number, whole
 from .errors import ConfigError
 from .providers import Provider, resolve
 from .session import defaults
@@ -44,6 +44,9 @@ class RunOptions(TypedDict, total=False):
     model: str | None
     base_url: str | None  # an OpenAI-compatible server (vLLM, Ollama, LM Studio)
     api_key: str | None
+    # online (one request per row now) or batch (the provider's batch job: half the price)
+    mode: str | None  # "online" (default) or "batch"
+    batch_poll_s: float | None  # batch mode: first wait between polls (growing to 60 s)
     # how fast
     concurrency: int | None  # requests in flight at most
     rpm: float | None  # requests started per minute at most
@@ -133,6 +136,8 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     "model": _text,
     "base_url": _text,
     "api_key": _text,
+    "mode": lambda name, value: mode(value),
+    "batch_poll_s": lambda name, value: number(name, value, above=0),
     "concurrency": lambda name, value: whole(name, value, minimum=1),
     "rpm": lambda name, value: number(name, value, above=0),
     "tpm": lambda name, value: number(name, value, above=0),
@@ -274,8 +279,14 @@ def run_config(
         budget_usd=options.get("budget_usd", base.budget_usd),
         pause_at_budget=pause_at_budget,
         schema=schema,
+        mode=options.get("mode") or base.mode,
+        batch_poll_s=options.get("batch_poll_s") or base.batch_poll_s,
     )
     check_budget(config)
+    if config.mode == "batch":
+        from .batch.service import check_batch_params
+
+        check_batch_params(config.params)
     provider.check_params(config.params)  # a name the installed SDK refuses fails every row
     if config.schema is not None:
         provider.check_schema(config.schema)

@@ -3,7 +3,8 @@
 Input tokens are counted with tiktoken when it is installed and its encoding loads, else
 approximated as 4 characters per token (plus 4 per message), the same estimate the rate
 limits use. Output tokens cannot be known: the expected cost uses `output_tokens` per row
-(default: half of max_tokens, or 150), the upper bound uses max_tokens.
+(default: half of max_tokens, or 150), the upper bound uses max_tokens. The `batch` column
+gives the same run as a provider batch job (mode="batch"): batch prices, within 24 h.
 """
 
 from __future__ import annotations
@@ -84,10 +85,11 @@ def estimate_run(
     expected_out = expected_out or DEFAULT_OUTPUT_TOKENS
     price = price_of(model)
 
-    def cost(out_per_row: int | None) -> float | None:
+    def cost(out_per_row: int | None, *, batch: bool = False) -> float | None:
         if price is None or out_per_row is None:
             return None
-        return round(price.cost(input_tokens, out_per_row * requests), 6)
+        paid = price.in_batch() if batch else price
+        return round(paid.cost(input_tokens, out_per_row * requests), 6)
 
     seconds, bound = _wall_time(
         requests, input_tokens + expected_out * requests, limits=limits, latency=latency
@@ -114,8 +116,17 @@ def estimate_run(
         ("wall time s (expected)", round(seconds, 1), bound),
         ("prices as of", prices_as_of(), "kit.set_price(...) adds or overrides one"),
     ]
+    in_batch = {  # mode="batch": the same rows at the batch price, within 24 h
+        "cost USD (expected)": cost(expected_out, batch=True),
+        "cost USD (at most)": cost(max_tokens if isinstance(max_tokens, int) else None, batch=True),
+        "wall time s (expected)": "up to 24 h",
+    }
     frame = pd.DataFrame(
-        {"value": pd.array([v for _, v, _ in facts], dtype=object), "how": [h for *_, h in facts]},
+        {
+            "value": pd.array([v for _, v, _ in facts], dtype=object),
+            "batch": pd.array([in_batch.get(q, v) for q, v, _ in facts], dtype=object),
+            "how": [h for *_, h in facts],
+        },
         index=pd.Index([q for q, _, _ in facts], name="quantity"),
     )
     frame.attrs["notebook_kit_estimate"] = {"model": model, "provider": provider.name}
@@ -128,7 +139,11 @@ def _price_note(model: str) -> str:
     price = price_of(model)
     if price is None:
         return "no price known: kit.set_price(model, ...)"
-    return f"USD per 1M tokens: {price.input:g} in, {price.output:g} out"
+    batch = price.in_batch()
+    return (
+        f"USD per 1M tokens: {price.input:g}/{price.output:g} in/out, "
+        f"batch {batch.input:g}/{batch.output:g}"
+    )
 
 
 def _wall_time(requests: int, tokens: int, *, limits: Limits, latency: float) -> tuple[float, str]:

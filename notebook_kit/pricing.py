@@ -1,6 +1,8 @@
 """What tokens cost: a price table shipped with the package, plus the user's own prices.
 
-Unknown models have no price: their cost is missing, never guessed.
+Unknown models have no price: their cost is missing, never guessed. Batch jobs pay the
+table's `batch_input`/`batch_output` where it has them, else half the online price (what
+OpenAI's Batch API and Anthropic's Message Batches charge).
 """
 
 from __future__ import annotations
@@ -12,17 +14,28 @@ from importlib.resources import files
 from typing import Any
 
 PER = 1_000_000  # prices are per million tokens
+BATCH_SHARE = 0.5  # a batch job's price, as a share of the online one, where none is listed
 
 
 @dataclass(frozen=True)
 class Price:
-    """USD per million input and output tokens."""
+    """USD per million input and output tokens (online, and in a batch job if listed)."""
 
     input: float
     output: float
+    batch_input: float | None = None
+    batch_output: float | None = None
 
     def cost(self, input_tokens: float, output_tokens: float) -> float:
         return (input_tokens * self.input + output_tokens * self.output) / PER
+
+    def in_batch(self) -> Price:
+        """The price of the same tokens in a provider's batch job."""
+        given = (self.batch_input, self.batch_output)
+        return Price(
+            input=self.input * BATCH_SHARE if given[0] is None else given[0],
+            output=self.output * BATCH_SHARE if given[1] is None else given[1],
+        )
 
 
 _custom: dict[str, Price] = {}
@@ -41,11 +54,20 @@ def prices_as_of() -> str:
     return str(_table()["as_of"])
 
 
-def set_price(model: str, *, input: float, output: float) -> None:
-    """Add or override a model's price (USD per million tokens) for this session."""
-    if input < 0 or output < 0:
+def set_price(
+    model: str,
+    *,
+    input: float,
+    output: float,
+    batch_input: float | None = None,
+    batch_output: float | None = None,
+) -> None:
+    """Add or override a model's price (USD per million tokens) for this session; batch
+    prices default to half the online ones."""
+    given = (input, output, batch_input, batch_output)
+    if any(price is not None and not price >= 0 for price in given):
         raise ValueError("prices must be >= 0")
-    _custom[model] = Price(input=input, output=output)
+    _custom[model] = Price(input, output, batch_input, batch_output)
     price_of.cache_clear()
 
 
@@ -62,12 +84,17 @@ def price_of(model: str | None) -> Price | None:
 
 
 def cost_of(
-    models: tuple[str | None, ...], input_tokens: int | None, output_tokens: int | None
+    models: tuple[str | None, ...],
+    input_tokens: int | None,
+    output_tokens: int | None,
+    *,
+    batch: bool = False,
 ) -> float | None:
     """The cost in USD of one reply at the first of `models` with a known price (the reply's
     model, then the requested one: an alias or a new dated name falls back), or None if no
-    price or the usage is unknown."""
+    price or the usage is unknown; `batch`: at the batch price."""
     price = next((p for p in map(price_of, models) if p is not None), None)
     if price is None or input_tokens is None or output_tokens is None:
         return None
+    price = price.in_batch() if batch else price
     return round(price.cost(input_tokens, output_tokens), 10)

@@ -58,5 +58,12 @@ def told_in_one_line(job: Job) -> Iterator[None]:
             f"interrupted: {snap.done - snap.cancelled} rows done, {snap.cancelled} cancelled; "
             "the frame is in kit.last_result()"
         )
+        running = [b.batch_id for b in snap.batches if not b.ended and b.state != "submitting"]
+        if running:
+            line = (
+                f"stopped waiting; the batch jobs run on at the provider ({', '.join(running)}): "
+                "run this cell again to collect their rows (nothing is paid twice), or "
+                f"kit.attach({running[0]!r})"
+            )
         exc._render_traceback_ = lambda: [line]  # type: ignore[union-attr]  # IPython shows it
         raise

@@ -18,7 +18,7 @@ from .events import (
     RowFinished,
     RunFinished,
 )
-from .types import RowStatus
+from .types import BatchStatus, RowStatus
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,6 +52,7 @@ class Snapshot:
     stop_reason: str | None = None
     step: str | None = None  # a pipeline's step: these counts are that step's rows
     steps: tuple[Snapshot, ...] = ()  # a pipeline's: one snapshot per step
+    batches: tuple[BatchStatus, ...] = ()  # batch mode: the provider's batch jobs
 
     @property
     def done(self) -> int:

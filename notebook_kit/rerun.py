@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -16,6 +18,8 @@ from .options import checked, chosen_cache, inputs, run_config
 from .providers import resolve
 from .types import ErrorType
 
+log = logging.getLogger("notebook_kit")
+
 
 def failed_rows(result: pd.DataFrame, only: Iterable[str] | None) -> np.ndarray[Any, Any]:
     """Positions of the rows to re-run: status not `ok`, of the given error types if any.
@@ -29,10 +33,18 @@ def failed_rows(result: pd.DataFrame, only: Iterable[str] | None) -> np.ndarray[
             f"retry_failed needs the columns the run added, and {missing} are gone; "
             "re-run the rows with run_df(...) instead, or keep those columns"
         )
-    mask = result["status"].ne("ok").fillna(True)
+    status = result["status"]
+    mask = status.ne("ok").fillna(True)
     if only is not None:
         mask &= result["error_type"].isin(error_types(only)).fillna(False)
-    return np.flatnonzero(mask.to_numpy(dtype=bool))
+    pending = mask & status.eq("pending").fillna(False)
+    if pending.any():  # still running (a live frame, or a batch job left running): not twice
+        log.warning(
+            "%d rows are still pending, not re-run: a batch job's rows are collected by "
+            "running the same cell again; a running job's by awaiting it",
+            int(pending.sum()),
+        )
+    return np.flatnonzero((mask & ~pending).to_numpy(dtype=bool))
 
 
 def rerun_job(
@@ -61,7 +73,8 @@ def rerun_job(
             api_key=options.get("api_key"),
         )
         base = RunConfig.from_meta(meta, default_model=provider.default_model)
-    config = run_config(options, provider, base=base)
+    base = dataclasses.replace(base, mode="online")  # a batch's failures re-run online unless
+    config = run_config(options, provider, base=base)  # mode="batch" is given again
     made_with = meta.get("schema")
     if made_with and config.schema is None:
         raise ConfigError(

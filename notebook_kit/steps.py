@@ -172,6 +172,11 @@ def _model_stage(
             settled["budget_usd"] = given["budget_usd"]
         provider, fallback = chosen_provider(settled)
         config = run_config(settled, provider, pause_at_budget=pause_at_budget)
+        if config.mode == "batch":
+            raise ConfigError(
+                'pipelines run online; mode="batch" takes one prompt per row: '
+                'run_df(df, ..., mode="batch") for one step\'s column'
+            )
     except ConfigError as exc:
         raise ConfigError(f"{entry}: {exc}") from None
     endpoint = provider.endpoint(config.model)

@@ -41,6 +41,7 @@ class ErrorType(StrEnum):
     INVALID_INPUT = "invalid_input"  # the row cannot be sent (e.g. text that is not valid UTF-8)
     FUNCTION_ERROR = "function_error"  # a pipeline step's function (fn=, when=) raised
     CANCELLED = "cancelled"  # the row was cancelled before it finished
+    EXPIRED = "expired"  # a provider's batch job ended (24 h) before it answered the row
     UNEXPECTED = "unexpected"  # an error the kit does not know; the message says which
 
 
@@ -141,3 +142,37 @@ class RowResult:
     model: str | None = None
     cached: bool = False  # served by the cache or by another row's identical call
     parsed: Any = None  # the validated value, under schema=
+
+
+BATCH_STATES = (
+    "submitting",
+    "queued",
+    "running",
+    "finishing",
+    "done",
+    "cancelling",
+    "cancelled",
+    "expired",
+    "failed",
+)
+BATCH_ENDED = frozenset({"done", "cancelled", "expired", "failed"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchStatus:
+    """A provider batch job at one moment, in the kit's words (`BATCH_STATES`), whatever
+    the provider calls it."""
+
+    batch_id: str
+    state: str
+    total: int  # requests in it
+    done: int = 0  # answered
+    failed: int = 0  # errored, expired or cancelled
+    created: float | None = None  # Unix time
+    expires_at: float | None = None  # Unix time: the provider gives up on it then
+    error: str | None = None  # why a failed batch failed
+    resubmit: bool = False  # failed for the provider's enqueued-token limit: send it again later
+
+    @property
+    def ended(self) -> bool:
+        return self.state in BATCH_ENDED

@@ -38,11 +38,11 @@ async def until(condition: Any) -> None:
 
 def test_item1_the_estimate_has_no_dollar_sign_and_fits_pandas_columns() -> None:
     table = kit.estimate(prompts(3), "prompt", provider="demo", max_tokens=10)
-    cells = [str(v) for v in table["value"]] + [str(h) for h in table["how"]]
+    cells = [str(v) for column in ("value", "batch", "how") for v in table[column]]
     assert not [c for c in cells if "$" in c]  # JupyterLab typesets $...$ as math
     assert max(len(str(h)) for h in table["how"]) <= pd.get_option("display.max_colwidth")
     assert table.loc["prices as of", "value"] == "2025-10-15"
-    assert "in, " in str(table.loc["cost USD (expected)", "how"])
+    assert "0.5/1.5 in/out, batch 0.25/0.75" in str(table.loc["cost USD (expected)", "how"])
 
 
 async def test_item2_the_rate_follows_the_slider_and_leaves_cached_rows_out() -> None:

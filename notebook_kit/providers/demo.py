@@ -46,6 +46,8 @@ class DemoProvider(Provider):
     second (20 when not given). Given, a whole reply also takes as long as its writing.
     reply_words: replies that long (a deterministic filler after the answer), for long
     answers.
+    batch_seconds: how long a batch job (mode="batch") takes, from submission to its last
+    row; its rows fail at `error_rate` too.
     """
 
     name = "demo"
@@ -64,8 +66,11 @@ class DemoProvider(Provider):
         invalid_output_rate: float = 0.0,
         stream_rate: float | None = None,
         reply_words: int | None = None,
+        batch_seconds: float = 5.0,
         seed: int = 0,
     ) -> None:
+        if not batch_seconds >= 0:
+            raise ValueError(f"batch_seconds must be >= 0, got {batch_seconds}")
         if stream_rate is not None and not stream_rate > 0:
             raise ValueError(f"stream_rate is words per second, > 0; got {stream_rate}")
         for rate in (error_rate, timeout_rate, rate_limit_rate, invalid_output_rate):
@@ -82,6 +87,8 @@ class DemoProvider(Provider):
         self.invalid_output_rate = invalid_output_rate
         self.stream_rate = stream_rate
         self.reply_words = reply_words
+        self.batch_seconds = batch_seconds
+        self.seed = seed
         self._rng = random.Random(seed)
         self._recent: deque[float] = deque()  # start times inside the last second
 

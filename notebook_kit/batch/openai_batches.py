@@ -1,0 +1,205 @@
+"""OpenAI's Batch API: a JSONL file of chat completion requests, uploaded with
+`files.create(purpose="batch")`, run by `batches.create`, read back from its output and error
+files (in no particular order: matched by custom id)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ..errors import CallError, ConfigError
+from ..providers import OpenAIProvider
+from ..providers.openai_chat import _completion, response_format
+from ..providers.replies import invalid, label, token_count
+from ..providers.status import ErrorBody, status_error
+from ..secrets import Redactor
+from ..types import BatchStatus, ErrorType, Request
+from .sdk_errors import guarded
+from .service import Outcome
+
+ENDPOINT = "/v1/chat/completions"
+STATES = {
+    "validating": "queued",
+    "in_progress": "running",
+    "finalizing": "finishing",
+    "completed": "done",
+    "failed": "failed",
+    "expired": "expired",
+    "cancelling": "cancelling",
+    "cancelled": "cancelled",
+}
+WAVE_CODE = "token_limit_exceeded"  # too many tokens enqueued: submit once others end
+CONTROL_TIMEOUT_S = 600.0  # an upload of 200 MB may take minutes
+
+
+class OpenAIBatches:
+    """The Batch API of one OpenAI account (or a compatible server that has it)."""
+
+    poll_s = 10.0
+
+    def __init__(self, client: Any, sdk: Any, redact: Redactor, base_url: str | None) -> None:
+        self._client = client
+        self._sdk = sdk
+        self._redact = redact
+        self._base_url = base_url
+
+    @classmethod
+    @asynccontextmanager
+    async def opened(cls, provider: OpenAIProvider) -> AsyncIterator[OpenAIBatches]:
+        import openai
+
+        client = openai.AsyncOpenAI(
+            api_key=provider._api_key.reveal(),
+            base_url=provider._base_url,
+            max_retries=2,  # the SDK's retries suit these few control calls
+            timeout=CONTROL_TIMEOUT_S,
+        )
+        try:
+            yield cls(client, openai, provider.redact, provider._base_url)
+        finally:
+            await client.close()
+
+    async def check(self) -> None:
+        try:
+            await self._call(self._client.batches.list(limit=1))
+        except CallError as exc:
+            if exc.error_type is not ErrorType.NOT_FOUND:
+                raise
+            where = self._base_url or "api.openai.com"
+            raise ConfigError(
+                f"the server at {where} has no batch API (404 on /v1/batches): run it online "
+                '(mode="online")'
+            ) from None
+
+    def encode(self, custom_id: str, request: Request) -> bytes:
+        params = dict(request.params)
+        extra = params.pop("extra_body", None)
+        body: dict[str, Any] = {"model": request.model, "messages": request.messages, **params}
+        if isinstance(extra, dict):
+            body.update(extra)
+        if request.schema is not None:
+            body["response_format"] = response_format(request.schema)
+        line = {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}
+        return _json_line(line)
+
+    async def submit(self, items: Sequence[bytes], *, run_id: str) -> BatchStatus:
+        data = b"\n".join(items) + b"\n"
+        upload = await self._call(
+            self._client.files.create(file=(f"notebook_kit-{run_id}.jsonl", data), purpose="batch")
+        )
+        batch = await self._call(
+            self._client.batches.create(
+                input_file_id=upload.id,
+                endpoint=ENDPOINT,
+                completion_window="24h",
+                metadata={"notebook_kit_run": run_id},  # finds the job again without our files
+            )
+        )
+        return self._status(batch, total=len(items))
+
+    async def poll(self, batch_id: str) -> BatchStatus:
+        return self._status(await self._call(self._client.batches.retrieve(batch_id)))
+
+    async def results(self, batch_id: str, model: str | None) -> dict[str, Outcome]:
+        batch = await self._call(self._client.batches.retrieve(batch_id))
+        stand_in = Request(key=-1, messages=[], model=model)
+        outcomes: dict[str, Outcome] = {}
+        for file_id in (
+            getattr(batch, "error_file_id", None),
+            getattr(batch, "output_file_id", None),
+        ):
+            if not isinstance(file_id, str) or not file_id:
+                continue
+            content = await self._call(self._client.files.content(file_id))
+            for line in content.content.splitlines():
+                read = self._read(line, stand_in)
+                if read is not None and (read[0] not in outcomes or isinstance(read[1], CallError)):
+                    outcomes[read[0]] = read[1]  # a reply beats an error line for the same id
+        return outcomes
+
+    async def cancel(self, batch_id: str) -> None:
+        await self._call(self._client.batches.cancel(batch_id))
+
+    async def _call(self, call: Any) -> Any:
+        return await guarded(call, self._sdk, self._redact)
+
+    def _status(self, batch: Any, total: int | None = None) -> BatchStatus:
+        counts = getattr(batch, "request_counts", None)
+        errors = getattr(getattr(batch, "errors", None), "data", None) or []
+        codes = [label(getattr(e, "code", None)) for e in errors if e is not None]
+        first = errors[0] if errors else None
+        message = label(getattr(first, "message", None)) if first is not None else None
+        line = getattr(first, "line", None) if first is not None else None
+        error = None
+        if first is not None:
+            error = f"{codes[0] or 'error'}: {message or 'no message'}"
+            error += f" (line {line})" if isinstance(line, int) else ""
+        return BatchStatus(
+            batch_id=str(batch.id),
+            state=STATES.get(label(getattr(batch, "status", None)) or "", "running"),
+            total=token_count(getattr(counts, "total", None)) or total or 0,
+            done=token_count(getattr(counts, "completed", None)) or 0,
+            failed=token_count(getattr(counts, "failed", None)) or 0,
+            created=_seconds(getattr(batch, "created_at", None)),
+            expires_at=_seconds(getattr(batch, "expires_at", None)),
+            error=self._redact(error)[:300] if error else None,
+            resubmit=WAVE_CODE in codes,
+        )
+
+    def _read(self, line: bytes, stand_in: Request) -> tuple[str, Outcome] | None:
+        """One line of an output or error file: its custom id and outcome (None: no id)."""
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            return None
+        custom_id = label(record.get("custom_id")) if isinstance(record, dict) else None
+        if custom_id is None:
+            return None
+        response, error = record.get("response"), record.get("error")
+        if isinstance(response, dict):
+            status, body = response.get("status_code"), response.get("body")
+            request_id = label(response.get("request_id"))
+            if status == 200 and isinstance(body, dict) and body.get("error") is None:
+                try:
+                    return custom_id, _completion(body, stand_in, request_id, None)
+                except CallError as exc:
+                    return custom_id, exc
+            if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599:
+                return custom_id, status_error(
+                    status, body, request_id=request_id, redact=self._redact
+                )
+        if isinstance(error, dict):
+            return custom_id, row_error(ErrorBody.read({"error": error}), self._redact)
+        return custom_id, invalid("malformed batch result: no response and no error", None)
+
+
+def row_error(info: ErrorBody, redact: Redactor) -> CallError:
+    """A row the batch could not run (its `error` field): expired, cancelled, or another
+    reason the batch service gives."""
+    code = (info.code or info.type or "").lower()
+    text = redact(info.summary(0, "no message"))[:300]
+    if "expired" in code:
+        return CallError(ErrorType.EXPIRED, f"the batch expired before this row ran: {text}")
+    if "cancel" in code:
+        return CallError(
+            ErrorType.CANCELLED, f"the batch was cancelled before this row ran: {text}"
+        )
+    return CallError(ErrorType.SERVER, f"the batch could not run this row: {text}")
+
+
+def _json_line(record: dict[str, Any]) -> bytes:
+    """One JSONL line, or `CallError` for a row JSON cannot carry."""
+    try:
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        kind = type(exc).__name__
+        raise CallError(
+            ErrorType.INVALID_INPUT, f"the row cannot be written into a batch ({kind})"
+        ) from None
+
+
+def _seconds(value: object) -> float | None:
+    count = token_count(value)
+    return float(count) if count is not None else None

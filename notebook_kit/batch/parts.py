@@ -1,0 +1,115 @@
+"""A run's rows as provider batches: the batches an earlier run left in flight that answer
+some of them (matched by request fingerprint), and new ones within the provider's limits."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..providers.base import Provider
+from ..types import BatchStatus, Request
+from .service import BatchLimit, split
+from .store import BatchStore, StoredBatch
+
+log = logging.getLogger("notebook_kit")
+NOT_AGAIN = frozenset({"cancelled", "failed", "expired"})  # earlier batches not to reattach
+
+
+@dataclass(slots=True)
+class Part:
+    """One provider batch of a run: the rows it answers, by custom id."""
+
+    rows: dict[str, tuple[str | None, Request]]  # custom id -> (reuse key, request)
+    prints: dict[str, str]  # custom id -> fingerprint, for every row of the batch
+    items: list[bytes] = field(default_factory=list)  # what to submit (kept to send again)
+    status: BatchStatus | None = None  # None: not submitted yet
+    sent_at: float = 0.0  # on the run's clock
+    collect_failures: int = 0
+
+
+def account(provider: Provider) -> str:
+    """Whose batches these are: provider, settings and key digest (never the key)."""
+    name, settings, _, key = provider.endpoint("")
+    return hashlib.sha256(f"{name}\0{settings}\0{key}".encode()).hexdigest()[:16]
+
+
+def reattached(
+    store: BatchStore,
+    owner: str,
+    leaders: dict[str, Request],
+    fingerprint: Callable[[Request], str],
+) -> list[Part]:
+    """Parts for the batches an earlier run of `owner` left in flight that answer some of
+    these rows; those rows leave `leaders`."""
+    by_print = {fingerprint(request): (key, request) for key, request in leaders.items()}
+    parts: list[Part] = []
+    for stored in store.live(owner):
+        if stored.state in NOT_AGAIN:
+            continue
+        prints = dict(store.rows(stored.batch_id))
+        mine = {cid: by_print.pop(fp) for cid, fp in prints.items() if fp in by_print}
+        if not mine:
+            continue
+        for key, _ in mine.values():
+            del leaders[key]
+        rows: dict[str, tuple[str | None, Request]] = dict(mine)
+        parts.append(Part(rows=rows, prints=prints, status=_last_known(stored)))
+        log.info("reattached to batch %s (%d rows): not sent again", stored.batch_id, len(mine))
+    return parts
+
+
+def attached(store: BatchStore, stored: StoredBatch) -> Part:
+    """Every row of one batch (`kit.attach`): keyed by its place in the batch."""
+    prints = dict(store.rows(stored.batch_id))
+    rows: dict[str, tuple[str | None, Request]] = {
+        custom_id: (None, Request(key=position, messages=[], model=stored.model))
+        for position, custom_id in enumerate(by_position(list(prints.items())))
+    }
+    return Part(rows=rows, prints=prints, status=_last_known(stored))
+
+
+def by_position(rows: Sequence[tuple[str, str]]) -> list[str]:
+    """The custom ids of a batch's (custom id, fingerprint) rows, in the order of the
+    positions the kit's ids end with (run id, dash, position)."""
+    return sorted((custom_id for custom_id, _ in rows), key=_natural)
+
+
+def new_parts(
+    rows: Sequence[tuple[str, str, Request, bytes]],
+    limit: BatchLimit,
+    fingerprint: Callable[[Request], str],
+) -> list[Part]:
+    """(custom id, reuse key, request, encoded item) rows as parts within `limit`, one
+    model per part (OpenAI's batches take one model each)."""
+    by_model: dict[str | None, list[tuple[str, str, Request, bytes]]] = {}
+    for row in rows:
+        by_model.setdefault(row[2].model, []).append(row)
+    return [
+        Part(
+            rows={same[i][0]: (same[i][1], same[i][2]) for i in part},
+            prints={same[i][0]: fingerprint(same[i][2]) for i in part},
+            items=[same[i][3] for i in part],
+        )
+        for same in by_model.values()
+        for part in split([len(row[3]) + 1 for row in same], limit)
+    ]
+
+
+def _last_known(stored: StoredBatch) -> BatchStatus:
+    return BatchStatus(
+        batch_id=stored.batch_id,
+        state=stored.state,
+        total=stored.rows,
+        done=stored.done,
+        failed=stored.failed,
+        created=stored.created,
+        expires_at=stored.expires_at,
+    )
+
+
+def _natural(custom_id: str) -> tuple[str, int]:
+    """The kit's custom ids (run id, dash, position) in the order of their positions."""
+    head, _, tail = custom_id.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (custom_id, -1)
