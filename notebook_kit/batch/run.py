@@ -148,6 +148,14 @@ class BatchRun:
                         parts = reattached(self._store, owner, leaders, self._fingerprint)
                         parts += self._new_parts(service, leaders)
                     await self._run_parts(service, parts)
+        except CallError as exc:  # a call to the batch service itself failed outright
+            if exc.fatal:
+                self._abort(exc)
+            elif self.run_error is None:
+                self.run_error = RunError(
+                    f"the batch service failed: {exc}. Run the cell again: batches already "
+                    "created are reattached, not paid twice"
+                )
         except asyncio.CancelledError:
             self._left_running()
             raise
@@ -229,9 +237,9 @@ class BatchRun:
                 status = await self._poll(service, part)
                 if status is None or not status.ended:
                     continue
-                if status.resubmit and not self._stop.is_set():
+                if status.resubmit and not self._stop.is_set() and part.items:
                     live.remove(part)
-                    waiting.appendleft(self._bounced(part, status))
+                    waiting.extendleft(reversed(self._bounced(part, status, alone=not live)))
                     held = bool(live)
                 elif await self._collect(service, part, status):
                     live.remove(part)
@@ -298,13 +306,35 @@ class BatchRun:
             for _, request in part.rows.values():
                 self._emit(AttemptStarted(t, request.key, 1))
 
-    def _bounced(self, part: Part, status: BatchStatus) -> Part:
-        """A batch refused for the enqueued-token limit: its rows, to be sent again."""
-        log.info("batch %s waits for the provider's token queue: sent again later", status.batch_id)
+    def _bounced(self, part: Part, status: BatchStatus, *, alone: bool) -> list[Part]:
+        """A batch refused for the enqueued-token limit: its rows, to be sent again once
+        another of the run's batches ends; or, with none left (`alone`), in two halves.
+        A single row refused alone fails (`rate_limit`)."""
         self._store_update(status, collected=True)
         self.batches.pop(status.batch_id, None)
         self._finished_attempts(part, "rate_limit")
-        return Part(rows=part.rows, prints=part.prints, items=part.items)
+        if alone and len(part.rows) == 1:
+            error = CallError(
+                ErrorType.RATE_LIMIT, f"the provider's batch queue is full: {status.error}"
+            )
+            for key, request in part.rows.values():
+                self._settle(key, request, row_result(request, error)[0], None)
+            return []
+        log.info("batch %s waits for the provider's token queue: sent again later", status.batch_id)
+        ids = list(part.rows)
+        halves = (
+            [range(len(ids))]
+            if not alone
+            else [range(len(ids) // 2), range(len(ids) // 2, len(ids))]
+        )
+        return [
+            Part(
+                rows={ids[i]: part.rows[ids[i]] for i in half},
+                prints={ids[i]: part.prints[ids[i]] for i in half},
+                items=[part.items[i] for i in half],
+            )
+            for half in halves
+        ]
 
     async def _poll(self, service: BatchService, part: Part) -> BatchStatus | None:
         """The batch now (None: the provider did not say; the next poll asks again)."""
