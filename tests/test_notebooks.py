@@ -6,6 +6,7 @@ server through OPENAI_BASE_URL / OPENAI_API_KEY, so its real-provider path is ex
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,3 +109,50 @@ def test_real_provider_lesson_against_the_fake_server(
     assert "{'ok': 48, 'skipped': 2}" in out or "{'ok': 50}" in out
     assert server.stats()["requests_total"] >= 50
     assert KEY not in out
+
+
+def test_batch_lesson_reattaches_from_a_fresh_kernel(tmp_path: Path) -> None:
+    """Lesson 10 as a student runs it: the first half starts a batch and the kernel goes
+    away; the second half, in a fresh kernel, reattaches (no second batch) and reads it."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    from notebook_kit.batch.store import BatchStore
+
+    lesson = nbformat.read(NOTEBOOKS / "10_batch_jobs.ipynb", as_version=4)  # type: ignore[no-untyped-call]
+    fresh = [i for i, c in enumerate(lesson.cells) if "fresh-kernel" in c.metadata.get("tags", [])]
+    assert fresh and fresh == list(range(fresh[0], len(lesson.cells)))
+    store = BatchStore(Path(os.environ["NOTEBOOK_KIT_CACHE"]))
+    first = nbformat.from_dict({**lesson, "cells": lesson.cells[: fresh[0]]})  # type: ignore[no-untyped-call]
+    client = NotebookClient(
+        first,
+        timeout=BUDGET_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
+
+    async def first_half() -> None:  # the async API: nbclient's sync one leaves a loop open
+        async with client.async_setup_kernel():
+            for index, cell in enumerate(first.cells):
+                await client.async_execute_cell(cell, index)
+            deadline = time.monotonic() + 30
+            while not store.all() and time.monotonic() < deadline:  # noqa: ASYNC110  (another process writes it)
+                await asyncio.sleep(0.05)
+
+    asyncio.run(first_half())
+    (created,) = store.all()
+    assert "cost USD (expected)" in text(first) and "up to 24 h" in text(first)
+    second = nbformat.from_dict({**lesson, "cells": lesson.cells[fresh[0] :]})  # type: ignore[no-untyped-call]
+    NotebookClient(
+        second,
+        timeout=BUDGET_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    ).execute()
+    shown = text(second)
+    assert "status: {'ok': 297, 'skipped': 3}" in shown, shown  # 3 reviews are empty
+    assert "batch jobs created: 1" in shown and "online run served from the cache: 297" in shown
+    assert not warnings(second), warnings(second)
+    assert [b.batch_id for b in store.all()] == [created.batch_id]
