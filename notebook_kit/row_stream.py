@@ -164,7 +164,8 @@ class RowStream:
             if self._rows is not None:
                 raise RuntimeError("these rows were read already; call kit.iter_rows again")
             reader = RowReader(self.job)
-            self.job.pace = self._paced
+            if self.job.config.mode == "online":  # a batch's rows all come when it ends
+                self.job.pace = self._paced
             self.job.subscribe(self._stopping, (StopRequested,))
             self._start(self.job)
             rows = _stopping_when_closed(self.job, reader.rows(self._on_read))

@@ -151,8 +151,11 @@ async def test_an_interrupted_wait_leaves_the_batch_running_and_a_rerun_collects
     task = asyncio.create_task(kit.run_df(df, "prompt", provider=demo(seconds=1.0), **FAST))
     await eventually(lambda: bool(demo_batches()))
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(asyncio.CancelledError) as caught:
         await task
+    (line,) = caught.value._render_traceback_()  # type: ignore[attr-defined]  # what IPython shows
+    assert "the batch jobs run on at the provider (demobatch_" in line
+    assert "run this cell again to collect their rows" in line and "kit.attach('demobatch_" in line
     partial = kit.last_result()
     assert partial is not None and (partial["status"] == "pending").all()
     assert partial["error"].str.contains("run the same cell again").all()
@@ -269,3 +272,11 @@ def test_the_estimate_shows_the_batch_price_beside_the_online_one() -> None:
     assert batch["cost USD (at most)"] == pytest.approx(online["cost USD (at most)"] / 2, abs=1e-6)
     assert batch["wall time s (expected)"] == "up to 24 h"
     assert batch["input tokens"] == online["input tokens"]
+
+
+async def test_iter_rows_gives_a_batchs_rows_when_it_ends() -> None:
+    seen = [
+        row.status
+        async for row in kit.iter_rows(prompts(30), "prompt", provider=demo(), **FAST, buffer=1)
+    ]
+    assert seen == ["ok"] * 30 and len(demo_batches()) == 1

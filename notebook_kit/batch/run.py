@@ -258,7 +258,19 @@ class BatchRun:
                     await task
 
     async def _submit(self, service: BatchService, part: Part) -> bool:
-        """Create the part's batch and write it down; False: its rows failed instead."""
+        """Create the part's batch and write it down; False: its rows failed instead. An
+        interrupt waits for both: a batch the provider made is never left unwritten."""
+        submitting = asyncio.ensure_future(self._submit_now(service, part))
+        try:
+            return await asyncio.shield(submitting)
+        except asyncio.CancelledError:
+            await asyncio.wait([submitting])
+            if not submitting.cancelled() and submitting.exception() is None:
+                if submitting.result():
+                    self._live.append(part)
+            raise
+
+    async def _submit_now(self, service: BatchService, part: Part) -> bool:
         total = len(part.rows)
         self._changed(BatchStatus(batch_id=f"(part of {total})", state="submitting", total=total))
         try:
