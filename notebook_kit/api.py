@@ -15,6 +15,7 @@ from typing import Any, Unpack
 import pandas as pd
 
 from . import batch_jobs, frame as frames, history
+from .batch_panel import BatchPanel
 from .cache import Cache
 from .config import RunConfig, whole
 from .errors import ConfigError, RunError
@@ -406,7 +407,9 @@ def _attach_display(
 ) -> None:
     """The job's panel (in a notebook, shown in the calling cell now) or its text bar."""
     if panel or (panel is None and job.progress and in_notebook()):
-        if isinstance(job, FrameJob):
+        if isinstance(job, FrameJob) and job.config.mode == "batch":
+            job.panel = job.display = BatchPanel(job, hint=hint)
+        elif isinstance(job, FrameJob):
             job.panel = job.display = Panel(job, models=models, hint=hint)
         else:
             assert isinstance(job, PipelineJob)

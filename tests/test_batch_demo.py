@@ -280,3 +280,20 @@ async def test_iter_rows_gives_a_batchs_rows_when_it_ends() -> None:
         async for row in kit.iter_rows(prompts(30), "prompt", provider=demo(), **FAST, buffer=1)
     ]
     assert seen == ["ok"] * 30 and len(demo_batches()) == 1
+
+
+async def test_the_panel_shows_each_batch_and_its_stop_cancels_it() -> None:
+    from notebook_kit.batch_panel import BatchPanel
+
+    options = {**FAST, "progress": True}
+    job = kit.start(prompts(40), "prompt", provider=demo(seconds=2), panel=True, **options)
+    panel = job.panel
+    assert isinstance(panel, BatchPanel) and panel.pause not in panel.widget.children[0].children
+    await eventually(lambda: "running" in panel.batches.value)
+    line = panel.batches.value
+    assert line.startswith("demobatch_") and "/40 done" in line and "expires in 24 h" in line
+    panel.stop.click()
+    result = await job
+    assert " cancelled" in panel.batches.value and "expires" not in panel.batches.value
+    assert (result["status"] == "cancelled").any() and panel.stop.disabled
+    assert "cancelled" in panel.summary()[0]
