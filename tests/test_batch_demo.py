@@ -14,11 +14,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import pytest
 from conftest import eventually
+from pydantic import BaseModel
 
 import notebook_kit as kit
 from notebook_kit.batch import service as batch_service
@@ -297,3 +298,31 @@ async def test_the_panel_shows_each_batch_and_its_stop_cancels_it() -> None:
     assert " cancelled" in panel.batches.value and "expires" not in panel.batches.value
     assert (result["status"] == "cancelled").any() and panel.stop.disabled
     assert "cancelled" in panel.summary()[0]
+
+
+class Sentiment(BaseModel):
+    label: Literal["positive", "negative", "neutral"]
+    confidence: float
+
+
+async def test_a_reply_that_does_not_fit_is_invalid_output_and_not_asked_again() -> None:
+    faulty = demo(invalid_output_rate=0.4, seed=2)
+    result = await kit.run_df(
+        prompts(20, "Classify the sentiment of"),
+        "prompt",
+        provider=faulty,
+        schema=Sentiment,
+        **FAST,
+    )
+    bad = result["status"] == "error"
+    assert bad.any() and (~bad).any()
+    assert result.loc[bad, "error_type"].eq("invalid_output").all()
+    assert result["attempts"].eq(1).all()  # no re-asks inside a batch
+    assert result.loc[bad, "cost_usd"].gt(0).all()  # a reply that does not fit is still billed
+    assert result.loc[~bad, "label"].isin(["positive", "negative", "neutral"]).all()
+
+
+async def test_the_jobs_table_exists_without_a_cache() -> None:
+    result = await kit.run_df(prompts(3), "prompt", provider=demo(), **{**FAST, "cache": False})
+    assert (result["status"] == "ok").all()
+    assert kit.batches()["rows"].tolist() == [3]

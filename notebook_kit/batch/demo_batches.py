@@ -103,7 +103,10 @@ class DemoBatches:
             schema=cast(OutputSchema, _JsonSchema(schema)) if schema is not None else None,
         )
         if request.schema is not None:
-            return structured_reply(request, spoiled=False)
+            spoiled = (
+                _draw(item["custom_id"], self._model.seed + 1) < self._model.invalid_output_rate
+            )
+            return structured_reply(request, spoiled=spoiled)
         return reply(request, length=self._model.reply_words)
 
     def _path(self, batch_id: str) -> Path:

@@ -265,9 +265,9 @@ class BatchRun:
             return await asyncio.shield(submitting)
         except asyncio.CancelledError:
             await asyncio.wait([submitting])
-            if not submitting.cancelled() and submitting.exception() is None:
-                if submitting.result():
-                    self._live.append(part)
+            done = not submitting.cancelled() and submitting.exception() is None
+            if done and submitting.result():
+                self._live.append(part)
             raise
 
     async def _submit_now(self, service: BatchService, part: Part) -> bool:
