@@ -143,12 +143,14 @@ class _JobPanel(_Callbacks, Ticker):
             shown.update(self.summary(), live=False)
 
     def show(self, error: BaseException | None = None) -> None:
-        """Push the job's snapshot to the bar and the status line (only what changed)."""
+        """Push the job's snapshot to the bar and the status line: one message per widget
+        that changed, none for the others (benchmarks/panel_cost.py measures the cost)."""
         snap = self._job.snapshot()
         finished = snap.done - snap.cancelled
         if self.bar.value != finished:
-            self.bar.value = finished
-            self.bar.description = f"{finished}/{snap.total}"
+            with self.bar.hold_sync():  # the count and its label in one widget message
+                self.bar.value = finished
+                self.bar.description = f"{finished}/{snap.total}"
         self._show_more(snap)
         text = status_line(snap)
         if snap.budget_usd is not None:
