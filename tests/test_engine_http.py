@@ -12,6 +12,8 @@ from fake_server import FakeLLMServer
 
 import notebook_kit as kit
 
+pytestmark = pytest.mark.usefixtures("request_path")  # the lean path and the SDK's
+
 
 def prompts(n: int, prefix: str = "question") -> pd.DataFrame:
     return pd.DataFrame({"prompt": [f"{prefix} {i}" for i in range(n)]})

@@ -21,6 +21,8 @@ from notebook_kit.providers.base import transport_error
 from notebook_kit.secrets import Redactor
 from notebook_kit.types import ErrorType
 
+pytestmark = pytest.mark.usefixtures("request_path")  # the lean path and the SDK's
+
 # -- 11: a dead server is a connection error, not a timeout ------------------
 
 

@@ -16,6 +16,8 @@ from fake_server import FakeLLMServer
 from multidict import CIMultiDict
 from test_hostile_replies import APIS, run
 
+pytestmark = pytest.mark.usefixtures("request_path")  # the lean path and the SDK's
+
 MODEL = "test-model"
 Raw = tuple[int, CIMultiDict[str], bytes]
 

@@ -22,6 +22,8 @@ from notebook_kit.providers.base import transport_error
 from notebook_kit.providers.status import status_error
 from notebook_kit.secrets import Redactor
 
+pytestmark = pytest.mark.usefixtures("request_path")  # the lean path and the SDK's
+
 SENTINEL = "sk-SENTINEL-do-not-leak-4f7a9c"
 SHORT_KEY = "k" + "1"  # not spelled out: tracebacks quote this file's source lines
 ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}

@@ -13,6 +13,8 @@ from fake_server import FakeLLMServer
 import notebook_kit as kit
 from notebook_kit.providers.replies import label, text_of, token_count
 
+pytestmark = pytest.mark.usefixtures("request_path")  # the lean path and the SDK's
+
 APIS = ["openai", "anthropic"]
 USAGE_NAMES = {
     "openai": ("prompt_tokens", "completion_tokens"),

@@ -25,6 +25,8 @@ from notebook_kit.retry import Retrier, RowTries
 from notebook_kit.secrets import Redactor
 from notebook_kit.types import ErrorType
 
+pytestmark = pytest.mark.usefixtures("request_path")  # the lean path and the SDK's
+
 
 def waited(policy: RetryPolicy, exc: CallError, attempt: int = 1) -> float | None:
     return Retrier(policy, FakeTime()).wait_before_retry(exc, RowTries(sent=attempt))

@@ -14,6 +14,8 @@ from pydantic import BaseModel
 
 import notebook_kit as kit
 
+pytestmark = pytest.mark.usefixtures("request_path")  # the lean path and the SDK's
+
 APIS = ("openai", "anthropic")
 
 

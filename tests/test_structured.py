@@ -22,6 +22,8 @@ from typing_extensions import TypedDict
 
 import notebook_kit as kit
 
+pytestmark = pytest.mark.usefixtures("request_path")  # the lean path and the SDK's
+
 APIS = ["openai", "anthropic"]
 
 

@@ -9,7 +9,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from ..clock import Clock
 from ..errors import MissingKeyError
@@ -17,28 +17,23 @@ from ..secrets import MASK, Redactor, Secret, check_base_url, read_key
 from ..streaming import Chunks
 from ..types import Completion, OutputSchema, RateInfo, Request
 from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, check_sdk_params, rate_info, refuses
-from .replies import invalid, label, reply_json, text_of, token_count, usage_of
+from .fast_http import FastPost
+from .replies import invalid, label, reply_json, text_of, usage_of
+from .stream_readers import FINISH_REASONS, EventReader
 
 ENV_KEY = "ANTHROPIC_API_KEY"
 log = logging.getLogger("notebook_kit")
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this is used when none is given
 
-# Anthropic's stop reasons, in the vocabulary of OpenAI's finish_reason.
-FINISH_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "tool_use": "tool_calls",
-    "refusal": "refusal",
-}
-
 
 class AnthropicProvider(Provider):
-    """Messages over the official SDK (aiohttp transport, SDK retries off)."""
+    """Messages over the official SDK (aiohttp transport, SDK retries off); `fast` as for
+    `OpenAIProvider`."""
 
     name = "anthropic"
     models = ("claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1")
     key_source = f"{ENV_KEY} or api_key=..."
+    fast_default: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -46,6 +41,7 @@ class AnthropicProvider(Provider):
         api_key: str | None = None,
         base_url: str | None = None,
         default_model: str = "claude-haiku-4-5",
+        fast: bool | None = None,
     ) -> None:
         key = read_key(api_key, ENV_KEY)
         if key is None:
@@ -58,6 +54,7 @@ class AnthropicProvider(Provider):
         check_base_url(self._base_url)
         self.default_model = default_model
         self.redact = Redactor(key)
+        self.fast = self.fast_default if fast is None else fast
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(base_url={self._base_url!r}, api_key={MASK!r})"
@@ -79,6 +76,7 @@ class AnthropicProvider(Provider):
     @asynccontextmanager
     async def session(self, *, timeout: float, clock: Clock) -> AsyncIterator[_AnthropicSession]:
         import anthropic
+        from anthropic.resources.messages import AsyncMessages
 
         client = anthropic.AsyncAnthropic(
             api_key=self._api_key.reveal(),
@@ -88,7 +86,10 @@ class AnthropicProvider(Provider):
             http_client=anthropic.DefaultAioHttpClient(),
         )
         try:
-            yield _AnthropicSession(client, anthropic, self.redact)
+            fast = None
+            if self.fast:
+                fast = await FastPost.build(client, anthropic, "/v1/messages", AsyncMessages.create)
+            yield _AnthropicSession(client, anthropic, self.redact, fast)
         finally:
             await client.close()
 
@@ -132,12 +133,18 @@ class _AnthropicSession(SDKSession):
 
     async def _send(self, request: Request, extra: dict[str, Any]) -> Completion:
         messages, params = self._params(request, extra)
-        raw = await self._client.messages.with_raw_response.create(
-            model=request.model, messages=messages, **params
-        )
-        request_id = label(raw.headers.get("request-id"))
-        body = reply_json(await raw.read(), request_id, self._redact)
-        return _completion(body, request, request_id, rate_info(raw.headers))
+        reply = None
+        if request.model not in sdk_warnings():  # the SDK warns of these: let it
+            reply = await self._lean(request.model, messages, params)
+        if reply is None:
+            raw = await self._client.messages.with_raw_response.create(
+                model=request.model, messages=messages, **params
+            )
+            reply = await raw.read(), raw.headers
+        content, headers = reply
+        request_id = label(headers.get("request-id"))
+        body = reply_json(content, request_id, self._redact)
+        return _completion(body, request, request_id, rate_info(headers))
 
     async def _send_streamed(
         self, request: Request, extra: dict[str, Any], *, chunks: Chunks
@@ -160,6 +167,15 @@ class _AnthropicSession(SDKSession):
             error.input_tokens, error.output_tokens = reader.input_tokens, reader.output_tokens
             raise error from None
         return reader.completion(chunks, request_id, rate_info(raw.headers))
+
+
+@functools.cache
+def sdk_warnings() -> frozenset[str | None]:
+    """The models whose requests the SDK warns about (deprecated ones, old thinking)."""
+    from anthropic.resources.messages import messages
+
+    names = ("DEPRECATED_MODELS", "MODELS_TO_WARN_WITH_THINKING_ENABLED")
+    return frozenset(model for name in names for model in getattr(messages, name, ()))
 
 
 @functools.cache
@@ -200,57 +216,6 @@ def _completion(
         request_id=request_id,
         rate=rate,
     )
-
-
-class EventReader:
-    """What a Messages event stream said besides its text: usage (input in message_start,
-    output in message_delta), stop reason, model. Reads fields of any type."""
-
-    __slots__ = ("input_tokens", "model", "output_tokens", "stop")
-
-    def __init__(self, model: str | None) -> None:
-        self.model = model
-        self.stop: str | None = None
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
-
-    def read(self, event: Any, chunks: Chunks) -> None:
-        kind = getattr(event, "type", None)
-        if kind == "content_block_delta":
-            delta = getattr(event, "delta", None)
-            piece = getattr(delta, "text", None)
-            if piece is None:
-                piece = getattr(delta, "partial_json", None)  # a forced tool's input
-            chunks.text(piece if isinstance(piece, str) else "")
-            return
-        chunks.alive()
-        if kind == "message_start":
-            message = getattr(event, "message", None)
-            usage = getattr(message, "usage", None)
-            self.input_tokens = token_count(getattr(usage, "input_tokens", None))
-            self.output_tokens = token_count(getattr(usage, "output_tokens", None))
-            self.model = label(getattr(message, "model", None)) or self.model
-        elif kind == "message_delta":
-            self.stop = label(getattr(getattr(event, "delta", None), "stop_reason", None))
-            usage = getattr(event, "usage", None)
-            output = token_count(getattr(usage, "output_tokens", None))
-            self.output_tokens = output if output is not None else self.output_tokens
-            given = token_count(getattr(usage, "input_tokens", None))
-            self.input_tokens = given if given else self.input_tokens
-
-    def completion(
-        self, chunks: Chunks, request_id: str | None, rate: RateInfo | None
-    ) -> Completion:
-        stop = "end_turn" if self.stop == "tool_use" else self.stop  # a forced tool's answer
-        return Completion(
-            text=chunks.so_far,
-            model=self.model,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            finish_reason=FINISH_REASONS.get(stop, stop) if stop else None,
-            request_id=request_id,
-            rate=rate,
-        )
 
 
 def split_system(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:

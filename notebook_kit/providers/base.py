@@ -7,20 +7,22 @@ import functools
 import importlib.metadata
 import inspect
 import json
-import re
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
 from ..clock import Clock
 from ..errors import CallError, ConfigError
 from ..secrets import Redactor
 from ..streaming import Chunks
-from ..types import Completion, ErrorType, OutputSchema, RateInfo, Request
-from .status import ErrorBody, status_error
+from ..types import Completion, ErrorType, OutputSchema, Request
+from .fast_http import Exotic, FastPost
+from .status import (
+    ErrorBody,
+    rate_info as rate_info,  # where the providers found it first
+    status_error,
+)
 
 SDK_TIMEOUT_SLACK = 30.0  # the SDK's own timeout is only a backstop behind the kit's deadline
 
@@ -131,52 +133,6 @@ def check_sdk_params(
         )
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _duration(value: str | None) -> float | None:
-    """OpenAI's reset durations ("1s", "6m0s", "120ms") or Anthropic's RFC 3339 times."""
-    if not value:
-        return None
-    parts = _DURATION.findall(value)
-    if parts and "".join(n + u for n, u in parts) == value.strip():
-        return sum(float(n) * _SECONDS[u] for n, u in parts)
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _int(value: str | None) -> int | None:
-    """A count from a header; a negative or garbled one counts as absent."""
-    try:
-        number = int(value) if value is not None else None
-    except ValueError:
-        return None
-    return number if number is None or number >= 0 else None
-
-
-def rate_info(headers: Mapping[str, str] | None) -> RateInfo | None:
-    """The quota left, from OpenAI's x-ratelimit-* or Anthropic's anthropic-ratelimit-*."""
-    if not headers:
-        return None
-    for requests, tokens in (
-        ("x-ratelimit-{}-requests", "x-ratelimit-{}-tokens"),
-        ("anthropic-ratelimit-requests-{}", "anthropic-ratelimit-tokens-{}"),
-    ):
-        info = RateInfo(
-            remaining_requests=_int(headers.get(requests.format("remaining"))),
-            requests_reset_s=_duration(headers.get(requests.format("reset"))),
-            remaining_tokens=_int(headers.get(tokens.format("remaining"))),
-            tokens_reset_s=_duration(headers.get(tokens.format("reset"))),
-        )
-        if info.remaining_requests is not None or info.remaining_tokens is not None:
-            return info
-    return None
-
-
 def _causes(exc: BaseException) -> list[BaseException]:
     """`exc` and the errors under it, outermost first."""
     chain: list[BaseException] = []
@@ -246,12 +202,28 @@ class SDKSession(ABC):
     """A run's client of an official SDK (openai, anthropic: same error classes).
 
     Subclasses send one request and read the reply; SDK errors become `CallError`s here.
+    With `fast`, whole replies take the lean path (`fast_http`) where it applies.
     """
 
-    def __init__(self, client: Any, sdk: Any, redact: Redactor) -> None:
+    def __init__(
+        self, client: Any, sdk: Any, redact: Redactor, fast: FastPost | None = None
+    ) -> None:
         self._client = client
         self._sdk = sdk  # the SDK module, imported once per run rather than per call
         self._redact = redact
+        self._fast = fast
+
+    async def _lean(
+        self, model: str | None, messages: Any, params: Mapping[str, Any]
+    ) -> tuple[bytes, Mapping[str, str]] | None:
+        """The reply's bytes and headers by the lean path; None: send it with the SDK."""
+        fast = self._fast
+        if fast is None or not fast.takes(params):
+            return None
+        try:
+            return await fast.post({"model": model, "messages": messages, **params})
+        except Exotic:
+            return None
 
     @abstractmethod
     async def _call(self, request: Request) -> Completion:

@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from ..clock import Clock
 from ..errors import CallError, ConfigError, MissingKeyError
@@ -24,7 +24,9 @@ from .base import (
     refuses,
     with_schema_instruction,
 )
-from .replies import invalid, label, reply_json, text_of, token_count, usage_of
+from .fast_http import FastPost
+from .replies import invalid, label, reply_json, text_of, usage_of
+from .stream_readers import ChunkReader
 
 ENV_KEY = "OPENAI_API_KEY"
 log = logging.getLogger("notebook_kit")
@@ -32,11 +34,17 @@ LOCAL_KEY = "not-needed"  # OpenAI-compatible local servers take any key
 
 
 class OpenAIProvider(Provider):
-    """Chat Completions over the official SDK (aiohttp transport, SDK retries off)."""
+    """Chat Completions over the official SDK (aiohttp transport, SDK retries off).
+
+    `fast` (default `fast_default`): whole replies take the lean path of `fast_http`, which
+    sends the SDK's own request straight through its aiohttp session; False: every request
+    goes through the SDK's request machinery.
+    """
 
     name = "openai"
     models = ("gpt-4.1-mini", "gpt-4.1-nano", "gpt-4.1", "gpt-4o-mini", "o4-mini")
     key_source = f"{ENV_KEY} or api_key=..."
+    fast_default: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -44,6 +52,7 @@ class OpenAIProvider(Provider):
         api_key: str | None = None,
         base_url: str | None = None,
         default_model: str = "gpt-4.1-mini",
+        fast: bool | None = None,
     ) -> None:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         check_base_url(base_url)
@@ -57,6 +66,7 @@ class OpenAIProvider(Provider):
         self._base_url = base_url
         self.default_model = default_model
         self.redact = Redactor(key)
+        self.fast = self.fast_default if fast is None else fast
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(base_url={self._base_url!r}, api_key={MASK!r})"
@@ -78,6 +88,7 @@ class OpenAIProvider(Provider):
     @asynccontextmanager
     async def session(self, *, timeout: float, clock: Clock) -> AsyncIterator[_OpenAISession]:
         import openai
+        from openai.resources.chat import AsyncCompletions
 
         client = openai.AsyncOpenAI(
             api_key=self._api_key.reveal(),
@@ -87,7 +98,11 @@ class OpenAIProvider(Provider):
             http_client=openai.DefaultAioHttpClient(),
         )
         try:
-            yield _OpenAISession(client, openai, self.redact)
+            fast = None
+            if self.fast:
+                path, create = "/chat/completions", AsyncCompletions.create
+                fast = await FastPost.build(client, openai, path, create, {"bearer_auth": True})
+            yield _OpenAISession(client, openai, self.redact, fast)
         finally:
             await client.close()
 
@@ -165,12 +180,16 @@ class _OpenAISession(SDKSession):
     async def _send(
         self, request: Request, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> Completion:
-        raw = await self._client.chat.completions.with_raw_response.create(
-            model=request.model, messages=messages, **params
-        )
-        request_id = label(raw.headers.get("x-request-id"))
-        body = reply_json(raw.content, request_id, self._redact)
-        return _completion(body, request, request_id, rate_info(raw.headers))
+        reply = await self._lean(request.model, messages, params)
+        if reply is None:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=request.model, messages=messages, **params
+            )
+            reply = raw.content, raw.headers
+        content, headers = reply
+        request_id = label(headers.get("x-request-id"))
+        body = reply_json(content, request_id, self._redact)
+        return _completion(body, request, request_id, rate_info(headers))
 
 
 @functools.cache
@@ -215,61 +234,6 @@ def _free_keys(schema: Any, path: str) -> str | None:
             if found:
                 return found
     return None
-
-
-class ChunkReader:
-    """What a Chat Completions stream said besides its content: finish reason, refusal,
-    usage (in a last chunk with no choices), model. Reads fields of any type."""
-
-    __slots__ = ("finish", "input_tokens", "model", "output_tokens", "refusal")
-
-    def __init__(self, model: str | None) -> None:
-        self.model = model
-        self.finish: str | None = None
-        self.refusal: list[str] = []
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
-
-    def read(self, chunk: Any, chunks: Chunks) -> None:
-        choices = getattr(chunk, "choices", None)
-        if isinstance(choices, list) and choices:
-            choice = choices[0]
-            delta = getattr(choice, "delta", None)
-            content = getattr(delta, "content", None)
-            chunks.text(content if isinstance(content, str) else text_of(content))
-            refusal = getattr(delta, "refusal", None)
-            if isinstance(refusal, str):
-                self.refusal.append(refusal)
-            self.finish = label(getattr(choice, "finish_reason", None)) or self.finish
-        else:
-            chunks.alive()
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:
-            self.input_tokens = token_count(getattr(usage, "prompt_tokens", None))
-            self.output_tokens = token_count(getattr(usage, "completion_tokens", None))
-        self.model = label(getattr(chunk, "model", None)) or self.model
-
-    def completion(
-        self, chunks: Chunks, request_id: str | None, rate: RateInfo | None
-    ) -> Completion:
-        if self.finish == "content_filter":
-            raise CallError(
-                ErrorType.CONTENT_FILTER,
-                "the provider's content filter stopped the reply",
-                request_id=request_id,
-            )
-        text, finish = chunks.so_far, self.finish
-        if not text and self.refusal:
-            text, finish = "".join(self.refusal), "refusal"
-        return Completion(
-            text=text,
-            model=self.model,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            finish_reason=finish,
-            request_id=request_id,
-            rate=rate,
-        )
 
 
 def _completion(

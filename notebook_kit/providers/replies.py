@@ -8,6 +8,7 @@ JSON object, an error inside a 200, the wrong shape) is `invalid_response`, and 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import CallError
@@ -79,3 +80,31 @@ def usage_of(body: dict[str, Any], names: tuple[str, str]) -> tuple[int | None, 
     if not isinstance(usage, dict):
         return None, None
     return token_count(usage.get(names[0])), token_count(usage.get(names[1]))
+
+
+class ReplyHeaders(Mapping[str, str]):
+    """A reply's headers as the SDK shows them: any case, repeated ones joined by ", "."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Any) -> None:
+        self._headers = headers  # aiohttp's CIMultiDictProxy
+
+    def get(self, name: str, default: Any = None) -> Any:
+        values = self._headers.getall(name, None)
+        return ", ".join(values) if values else default
+
+    def __getitem__(self, name: str) -> str:
+        value: str | None = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name.lower() for name in self._headers))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __bool__(self) -> bool:  # cheaper than counting the names
+        return bool(self._headers)

@@ -1,18 +1,21 @@
 """What an HTTP error reply means: its kind (from the status and the body's codes), how long
-it asks to wait, and one line of text: the server's message, the field it names, its type."""
+it asks to wait, and one line of text: the server's message, the field it names, its type;
+and what any reply's rate-limit headers say is left of the quota."""
 
 from __future__ import annotations
 
 import email.utils
 import http
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..errors import CallError
 from ..retry import sane_seconds
 from ..secrets import Redactor
-from ..types import ErrorType
+from ..types import ErrorType, RateInfo
 
 TEXT_CHARS = 200  # of the server's message (and of the field and type) in the error column
 QUOTA_CODES = frozenset({"insufficient_quota"})  # and every code or type that names billing
@@ -184,3 +187,56 @@ def _location(problem: Mapping[str, object]) -> str | None:
     if isinstance(where, list):
         where = ".".join(map(str, where))
     return _clean(where) if isinstance(where, str) else None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(value: str | None) -> float | None:
+    """OpenAI's reset durations ("1s", "6m0s", "120ms") or Anthropic's RFC 3339 times."""
+    if not value:
+        return None
+    parts = _DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value.strip():
+        return sum(float(n) * _SECONDS[u] for n, u in parts)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _int(value: str | None) -> int | None:
+    """A count from a header; a negative or garbled one counts as absent."""
+    try:
+        number = int(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is None or number >= 0 else None
+
+
+# The names of the quota left and of its reset: OpenAI's, then Anthropic's.
+RATE_HEADERS = tuple(
+    tuple(name.format(word) for name in (requests, tokens) for word in ("remaining", "reset"))
+    for requests, tokens in (
+        ("x-ratelimit-{}-requests", "x-ratelimit-{}-tokens"),
+        ("anthropic-ratelimit-requests-{}", "anthropic-ratelimit-tokens-{}"),
+    )
+)
+
+
+def rate_info(headers: Mapping[str, str] | None) -> RateInfo | None:
+    """The quota left, from OpenAI's x-ratelimit-* or Anthropic's anthropic-ratelimit-*."""
+    if not headers:
+        return None
+    for requests_left, requests_reset, tokens_left, tokens_reset in RATE_HEADERS:
+        info = RateInfo(
+            remaining_requests=_int(headers.get(requests_left)),
+            requests_reset_s=_duration(headers.get(requests_reset)),
+            remaining_tokens=_int(headers.get(tokens_left)),
+            tokens_reset_s=_duration(headers.get(tokens_reset)),
+        )
+        if info.remaining_requests is not None or info.remaining_tokens is not None:
+            return info
+    return None
