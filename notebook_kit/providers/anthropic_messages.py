@@ -33,7 +33,7 @@ class AnthropicProvider(Provider):
     name = "anthropic"
     models = ("claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1")
     key_source = f"{ENV_KEY} or api_key=..."
-    fast_default: ClassVar[bool] = False
+    fast_default: ClassVar[bool] = True  # fast=False: the SDK sends every request
 
     def __init__(
         self,
