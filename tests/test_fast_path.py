@@ -23,6 +23,7 @@ from openai.resources.chat import AsyncCompletions
 
 import notebook_kit as kit
 from notebook_kit.clock import LoopClock
+from notebook_kit.providers.anthropic_messages import _warned_models
 from notebook_kit.providers.fast_http import FastPost, body_params
 from notebook_kit.providers.replies import ReplyHeaders
 
@@ -226,3 +227,10 @@ async def test_what_the_lean_path_sends_as_body_fields_the_sdk_sends_there_too(a
         await send(**{**required, name: "probe"})
         assert bodies[-1].get(name) == "probe", name
     await client.close()
+
+
+async def test_a_request_the_sdk_warns_about_is_sent_by_the_sdk(recorder: Recorder) -> None:
+    deprecated = min(_warned_models()[0])
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        result = await one_row("anthropic", recorder.url, True, model=deprecated)
+    assert result.loc[0, "status"] == "ok"

@@ -134,7 +134,7 @@ class _AnthropicSession(SDKSession):
     async def _send(self, request: Request, extra: dict[str, Any]) -> Completion:
         messages, params = self._params(request, extra)
         reply = None
-        if request.model not in sdk_warnings():  # the SDK warns of these: let it
+        if not sdk_warns(request.model, params):  # a warning is the SDK's to give
             reply = await self._lean(request.model, messages, params)
         if reply is None:
             raw = await self._client.messages.with_raw_response.create(
@@ -169,13 +169,20 @@ class _AnthropicSession(SDKSession):
         return reader.completion(chunks, request_id, rate_info(raw.headers))
 
 
+def sdk_warns(model: str | None, params: Mapping[str, Any]) -> bool:
+    """Whether the SDK warns about this request: a deprecated model, or thinking on a
+    model that takes another kind of it."""
+    deprecated, old_thinking = _warned_models()
+    return model in deprecated or ("thinking" in params and model in old_thinking)
+
+
 @functools.cache
-def sdk_warnings() -> frozenset[str | None]:
-    """The models whose requests the SDK warns about (deprecated ones, old thinking)."""
+def _warned_models() -> tuple[frozenset[str], frozenset[str]]:
     from anthropic.resources.messages import messages
 
     names = ("DEPRECATED_MODELS", "MODELS_TO_WARN_WITH_THINKING_ENABLED")
-    return frozenset(model for name in names for model in getattr(messages, name, ()))
+    deprecated, old_thinking = (frozenset(getattr(messages, name, ())) for name in names)
+    return deprecated, old_thinking
 
 
 @functools.cache
