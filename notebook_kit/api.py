@@ -309,7 +309,7 @@ def controls() -> DefaultsPanel:
 def batches(cache: str | Path | Cache | None = None) -> pd.DataFrame:
     """The provider batch jobs the kit created (mode="batch"), newest first, as last seen:
     state, rows, done, failed, whether their rows were read, and when they expire."""
-    return batch_jobs.listing(_database(cache))
+    return batch_jobs.listing(None if cache is None else _database(cache))
 
 
 def attach(

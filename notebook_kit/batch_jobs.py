@@ -7,7 +7,7 @@ import pandas as pd
 
 from . import frame as frames
 from .batch import store_for
-from .batch.parts import account, by_position
+from .batch.parts import account, by_position, position_of
 from .cache import Cache
 from .config import RunConfig
 from .errors import ConfigError
@@ -64,7 +64,7 @@ def attach_job(
     rows = pd.DataFrame(
         {
             "custom_id": custom_ids,
-            "position": pd.array([_position(c) for c in custom_ids], dtype="Int64"),
+            "position": pd.array([position_of(c) for c in custom_ids], dtype="Int64"),
         }
     )
     plan = frames.plan(rows, "custom_id")
@@ -73,9 +73,3 @@ def attach_job(
     job = FrameJob(plan, provider, config, cache=cache, progress=progress)
     job.attach = stored
     return job
-
-
-def _position(custom_id: str) -> int | None:
-    """The row's position in the frame that made the batch (the kit's custom ids end so)."""
-    tail = custom_id.rpartition("-")[2]
-    return int(tail) if tail.isdigit() else None

@@ -211,6 +211,12 @@ class Job:
         """Stop: cancel requests in flight; the final frame keeps every finished row."""
         self._control(lambda engine: engine.stop())
 
+    def replaced(self) -> str:
+        """The cell that started this job runs again: stop it (it would go on spending with
+        no panel left to see); says what became of it."""
+        self.cancel()
+        return "stopped"
+
     def _control(self, change: Callable[[Scheduler], None]) -> None:
         with self._starting:
             loop = self._loop
@@ -412,6 +418,14 @@ class FrameJob(Job):
         if batches is not None:  # batch mode: the provider's jobs, to find them again
             meta["batches"] = {b.batch_id: b.state for b in batches.values()}
         return meta
+
+    def replaced(self) -> str:
+        """A batch job stops waiting, as on an interrupt: its batches run on, and the cell's
+        new run finds them again instead of paying twice."""
+        if self.config.mode != "batch" or self.task is None:
+            return super().replaced()
+        self.task.cancel()
+        return "stopped waiting for"
 
     def _remember(self, result: pd.DataFrame) -> None:
         history.remember(history.RunRecord(self.report, self.provider, self.config), result)

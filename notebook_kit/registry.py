@@ -34,14 +34,13 @@ def stop_the_cells_earlier_job(job: Job) -> str | None:
     """Re-running a cell stops the job it started before (it would go on spending with no
     panel left to see); the new panel says so."""
     earlier = [j for j in jobs() if job.cell is not None and j.cell == job.cell]
-    for old in earlier:
-        old.cancel()
+    what = [old.replaced() for old in earlier]
     if not earlier:
         return None
     done = sum(o.snapshot().done - o.snapshot().cancelled for o in earlier)
     names = ", ".join(o.report.run_id for o in earlier)
     return (
-        f"Re-running this cell stopped the job it had started ({names}, {done} rows done); "
+        f"Re-running this cell {what[-1]} the job it had started ({names}, {done} rows done); "
         "kit.jobs(finished=True) finds it."
     )
 

@@ -34,6 +34,7 @@ class Snapshot:
     error: int = 0
     cancelled: int = 0
     skipped: int = 0
+    pending: int = 0  # rows still running where the run cannot see (a batch left running)
     cached: int = 0  # rows served by the cache or by another row's identical call
     in_flight: int = 0  # requests sent and not yet answered
     retrying: int = 0  # rows waiting out a backoff before their next attempt
@@ -80,6 +81,7 @@ class RunStats:
     error: int = 0
     cancelled: int = 0
     skipped: int = 0
+    pending: int = 0
     cached: int = 0
     in_flight: int = 0
     requests: int = 0
@@ -115,6 +117,7 @@ class RunStats:
             "error": self.error,
             "cancelled": self.cancelled,
             "skipped": self.skipped,
+            "pending": self.pending,
             "cached": self.cached,
             "in_flight": self.in_flight,
             "retrying": len(self.waiting),
@@ -156,6 +159,8 @@ class RunStats:
             self.cancelled += 1
         elif status is RowStatus.SKIPPED:
             self.skipped += 1
+        elif status is RowStatus.PENDING:
+            self.pending += 1
         if event.result.cached:
             self.cached += 1
         elif event.source == "call" and status in (RowStatus.OK, RowStatus.ERROR):
@@ -165,7 +170,7 @@ class RunStats:
                 answered.popleft()
 
     def _run_finished(self, event: RunFinished) -> None:
-        self.cancelled += self.total - self.done  # rows never started
+        self.cancelled += self.total - self.done - self.pending  # rows never started
 
 
 @dataclass

@@ -144,24 +144,14 @@ class RowResult:
     parsed: Any = None  # the validated value, under schema=
 
 
-BATCH_STATES = (
-    "submitting",
-    "queued",
-    "running",
-    "finishing",
-    "done",
-    "cancelling",
-    "cancelled",
-    "expired",
-    "failed",
-)
 BATCH_ENDED = frozenset({"done", "cancelled", "expired", "failed"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatchStatus:
-    """A provider batch job at one moment, in the kit's words (`BATCH_STATES`), whatever
-    the provider calls it."""
+    """A provider batch job at one moment, in the kit's words whatever the provider calls
+    it: submitting, queued, running, finishing, done, cancelling, cancelled, expired or
+    failed."""
 
     batch_id: str
     state: str
@@ -171,6 +161,7 @@ class BatchStatus:
     created: float | None = None  # Unix time
     expires_at: float | None = None  # Unix time: the provider gives up on it then
     error: str | None = None  # why a failed batch failed
+    error_code: str | None = None  # and the provider's code for it (model_not_found, ...)
     resubmit: bool = False  # failed for the provider's enqueued-token limit: send it again later
 
     @property

@@ -24,7 +24,8 @@ from pydantic import BaseModel
 import notebook_kit as kit
 from notebook_kit.batch import service as batch_service
 from notebook_kit.batch.store import BatchStore
-from notebook_kit.errors import ConfigError, RunError
+from notebook_kit.errors import CallError, ConfigError, RunError
+from notebook_kit.types import ErrorType
 
 FAST: dict[str, Any] = {"mode": "batch", "batch_poll_s": 0.02, "progress": False}
 
@@ -120,17 +121,38 @@ async def test_every_batch_is_written_down_with_its_rows_fingerprints() -> None:
     assert listed.loc[0, "batch_id"] == stored.batch_id and listed.loc[0, "state"] == "done"
 
 
-async def test_a_failed_write_cancels_the_batch_and_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_batch_is_claimed_in_the_table_before_it_is_created(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def full(*args: Any) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(BatchStore, "record", full)
-    with pytest.raises(RunError, match="was cancelled, so that no later run pays") as caught:
+    with pytest.raises(RunError, match="nothing was sent") as caught:
+        await kit.run_df(prompts(4), "prompt", provider=demo(seconds=5), **FAST)
+    assert not demo_batches()  # never created
+    assert caught.value.partial is not None
+    assert (caught.value.partial["status"] == "cancelled").all()
+
+
+async def test_a_batch_that_cannot_be_written_down_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def full(*args: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(BatchStore, "settle_claim", full)
+    with pytest.raises(RunError, match="it was cancelled, so that no later run pays"):
         await kit.run_df(prompts(4), "prompt", provider=demo(seconds=5), **FAST)
     (batch,) = demo_batches()
     assert batch["cancelled_at"] is not None
-    assert caught.value.partial is not None
-    assert (caught.value.partial["status"] == "cancelled").all()
+
+    async def refused(*args: Any) -> None:
+        raise CallError(ErrorType.SERVER, "HTTP 503: busy")
+
+    monkeypatch.setattr("notebook_kit.batch.demo_batches.DemoBatches.cancel", refused)
+    with pytest.raises(RunError, match=r"cancelling it failed too .*HTTP 503"):
+        await kit.run_df(prompts(4, "Other"), "prompt", provider=demo(seconds=5), **FAST)
 
 
 async def test_stop_cancels_the_batch_and_keeps_the_rows_it_finished() -> None:
@@ -159,6 +181,10 @@ async def test_an_interrupted_wait_leaves_the_batch_running_and_a_rerun_collects
     assert "run this cell again to collect their rows" in line and "kit.attach('demobatch_" in line
     partial = kit.last_result()
     assert partial is not None and (partial["status"] == "pending").all()
+    job = kit.last_job()
+    assert job is not None and job.state == "stopped"
+    snap = job.snapshot()
+    assert (snap.pending, snap.cancelled, snap.in_flight) == (8, 0, 0)
     assert partial["error"].str.contains("run the same cell again").all()
     assert await kit.retry_failed(partial) is not None  # pending rows are not re-run online
     (batch,) = demo_batches()
@@ -326,3 +352,118 @@ async def test_the_jobs_table_exists_without_a_cache() -> None:
     result = await kit.run_df(prompts(3), "prompt", provider=demo(), **{**FAST, "cache": False})
     assert (result["status"] == "ok").all()
     assert kit.batches()["rows"].tolist() == [3]
+
+
+async def test_running_the_start_cell_again_waits_for_its_batch_instead_of_cancelling_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("notebook_kit.api.cell_id", lambda: "cell-7")
+    df = prompts(16)
+    first = kit.start(df, "prompt", provider=demo(seconds=1.0), panel=True, **FAST)
+    await eventually(lambda: any(b.state == "queued" or b.done for b in first.snapshot().batches))
+    second = kit.start(df, "prompt", provider=demo(seconds=1.0), panel=True, **FAST)
+    assert "stopped waiting for the job it had started" in second.panel.hint.value
+    result = await second
+    assert (result["status"] == "ok").all()
+    (batch,) = demo_batches()
+    assert batch["cancelled_at"] is None
+    assert (first.df["status"] == "pending").all()
+
+
+async def test_an_unread_batch_that_ended_early_gives_what_it_answered_and_the_rest_is_sent() -> (
+    None
+):
+    df = prompts(10)
+    task = asyncio.create_task(kit.run_df(df, "prompt", provider=demo(seconds=2.0), **FAST))
+    await eventually(lambda: bool(demo_batches()))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    folder = cache_dir() / "demo_batches"
+    (path,) = folder.glob("*.json")
+    record = json.loads(path.read_text())
+    record["created"] -= 1.0  # half of it answered, then cancelled elsewhere
+    record["cancelled_at"] = record["created"] + 1.0
+    path.write_text(json.dumps(record))
+    result = await kit.run_df(df, "prompt", provider=demo(seconds=0.2), **FAST)
+    assert (result["status"] == "ok").all()
+    sizes = sorted(len(b["items"]) for b in demo_batches())
+    assert sizes == [5, 10]  # the 5 it did not answer were sent again, the rest read
+
+
+async def test_a_batch_the_provider_lost_is_sent_again() -> None:
+    df = prompts(6)
+    task = asyncio.create_task(kit.run_df(df, "prompt", provider=demo(seconds=2.0), **FAST))
+    await eventually(lambda: bool(demo_batches()))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for path in (cache_dir() / "demo_batches").glob("*.json"):
+        path.unlink()  # deleted at the provider (OpenAI keeps batches about 30 days)
+    result = await kit.run_df(df, "prompt", provider=demo(seconds=0.2), **FAST)
+    assert (result["status"] == "ok").all() and len(demo_batches()) == 1
+    assert sorted(kit.batches()["state"]) == ["done", "lost"]
+
+
+async def test_a_second_run_of_the_same_rows_waits_for_the_first_ones_claim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from notebook_kit.batch.demo_batches import DemoBatches
+
+    slow_submit = DemoBatches.submit
+
+    async def slowly(self: DemoBatches, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.5)  # an upload of a big file
+        return await slow_submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(DemoBatches, "submit", slowly)
+    df = prompts(8)
+    first = asyncio.create_task(kit.run_df(df, "prompt", provider=demo(), **FAST))
+    store = BatchStore(Path(os.environ["NOTEBOOK_KIT_CACHE"]))
+    await eventually(lambda: bool(store.all()) and store.all()[0].claimed)
+    second = await kit.run_df(df, "prompt", provider=demo(), **FAST)
+    assert (second["status"] == "ok").all() and (await first)["status"].eq("ok").all()
+    assert len(demo_batches()) == 1
+
+
+async def test_stop_tries_a_refused_cancel_again_until_the_provider_takes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from notebook_kit.batch.demo_batches import DemoBatches
+
+    real_cancel, calls = DemoBatches.cancel, []
+
+    async def flaky(self: DemoBatches, batch_id: str) -> None:
+        calls.append(batch_id)
+        if len(calls) < 3:
+            raise CallError(ErrorType.SERVER, "HTTP 503: busy")
+        await real_cancel(self, batch_id)
+
+    monkeypatch.setattr(DemoBatches, "cancel", flaky)
+    job = kit.start(prompts(20), "prompt", provider=demo(seconds=3), panel=False, **FAST)
+    await eventually(lambda: any(b.done for b in job.snapshot().batches))
+    job.cancel()
+    result = await job
+    assert len(calls) == 3 and (result["status"] == "cancelled").any()
+    (batch,) = demo_batches()
+    assert batch["cancelled_at"] is not None
+
+
+async def test_each_batch_is_written_down_with_its_own_model() -> None:
+    df = prompts(6).assign(which=["demo", "demo-large"] * 3)
+    result = await kit.run_df(df, "prompt", provider=demo(), model_col="which", **FAST)
+    assert (result["status"] == "ok").all()
+    assert sorted(kit.batches()["model"]) == ["demo", "demo-large"]
+
+
+async def test_an_unwritable_database_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("NOTEBOOK_KIT_CACHE", str(blocker / "c.sqlite"))
+    options = {**FAST, "cache": False}
+    with pytest.raises(ConfigError, match="cannot be written"):
+        await kit.run_df(prompts(2), "prompt", provider=demo(), **options)
+    with pytest.raises(ConfigError, match="cannot be written"):
+        kit.batches()

@@ -174,3 +174,22 @@ def test_odd_batch_objects_give_a_state(counts: object) -> None:
         id="b", processing_status="ended", request_counts=counts, cancel_initiated_at=None
     )
     assert anthropic_batches()._status(ended, total=3).state == "done"
+
+
+def test_a_batch_object_without_an_id_is_an_invalid_response() -> None:
+    with pytest.raises(CallError) as caught:
+        openai_batches()._status("<html>maintenance</html>")
+    assert caught.value.error_type is ErrorType.INVALID_RESPONSE
+    with pytest.raises(CallError):
+        anthropic_batches()._status(SimpleNamespace(id=None, processing_status="ended"))
+
+
+def test_anthropic_parts_leave_room_for_the_requests_envelope() -> None:
+    from notebook_kit.batch.service import BatchLimit, split
+
+    assert split([10, 10, 10], BatchLimit(requests=100, bytes=30)) == [range(3)]
+    assert split([10, 10, 10], BatchLimit(requests=100, bytes=30, envelope=16)) == [
+        range(1),
+        range(1, 2),
+        range(2, 3),
+    ]

@@ -207,3 +207,71 @@ def test_a_killed_kernel_is_reattached_and_the_server_sees_one_batch(tmp_path: P
         )
         assert "RESULT " + str(["ok"] * 8) in second.stdout
         assert fake.stats()["batches_created"] == 1
+
+
+async def test_a_create_whose_reply_was_lost_is_found_not_sent_twice(
+    batches: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from notebook_kit.batch.openai_batches import OpenAIBatches
+    from notebook_kit.errors import CallError
+    from notebook_kit.types import ErrorType
+
+    real_submit = OpenAIBatches.submit
+
+    async def reply_lost(self: OpenAIBatches, *args: Any, **kwargs: Any) -> Any:
+        await real_submit(self, *args, **kwargs)  # the batch exists...
+        raise CallError(ErrorType.CONNECTION, "connection failed (reset)")  # ...unknown to us
+
+    monkeypatch.setattr(OpenAIBatches, "submit", reply_lost)
+    result = await kit.run_df(prompts(5), "prompt", provider=provider(batches, "openai"), **BATCH)
+    assert (result["status"] == "ok").all()
+    assert batches.stats()["batches_created"] == 1
+    assert kit.batches()["state"].tolist() == ["done"]
+
+
+async def test_a_batch_that_failed_says_why() -> None:
+    from notebook_kit.errors import ModelNotFoundError
+
+    with FakeLLMServer(api_key=KEY, batch_seconds=0.2, models={"gpt-4.1-mini"}) as fake:
+        chosen = provider(fake, "openai")
+        with pytest.raises(ModelNotFoundError) as caught:
+            await kit.run_df(prompts(3), "prompt", provider=chosen, model="gpt-nope", **BATCH)
+    partial = caught.value.partial
+    assert partial is not None
+    assert partial["error"].str.contains("the batch failed: model_not_found").all()
+    assert partial["error_type"].eq("not_found").all()
+
+
+def test_a_kernel_killed_between_create_and_write_is_found_by_its_claim(tmp_path: Path) -> None:
+    """The batch exists at the provider, but the process died before writing its id: the
+    next run finds it by the claim in its metadata instead of creating another."""
+    with FakeLLMServer(api_key=KEY, batch_seconds=0.5) as fake:
+        script = tmp_path / "cell.py"
+        script.write_text(
+            textwrap.dedent(
+                f"""
+                import asyncio, os, sys
+                import pandas as pd
+                import notebook_kit as kit
+                from notebook_kit.batch.store import BatchStore
+                if sys.argv[1] == "die":
+                    BatchStore.settle_claim = lambda *args: os._exit(3)
+                df = pd.DataFrame({{"prompt": [f"question {{i}}" for i in range(6)]}})
+                provider = kit.OpenAIProvider(base_url={fake.openai_base_url!r}, api_key={KEY!r})
+                async def main():
+                    result = await kit.run_df(
+                        df, "prompt", provider=provider, mode="batch", batch_poll_s=0.05,
+                        progress=False)
+                    print("RESULT", result["status"].tolist())
+                asyncio.run(main())
+                """
+            )
+        )
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+        died = subprocess.run([sys.executable, str(script), "die"], env=env, check=False)
+        assert died.returncode == 3 and fake.stats()["batches_created"] == 1
+        again = subprocess.run(
+            [sys.executable, str(script), "live"], env=env, capture_output=True, text=True
+        )
+        assert "RESULT " + str(["ok"] * 6) in again.stdout, again.stderr
+        assert fake.stats()["batches_created"] == 1

@@ -76,10 +76,14 @@ class AnthropicBatches:
             body["output_config"] = {"format": output_format(request.schema)}
         return _json_line({"custom_id": custom_id, "params": body})
 
-    async def submit(self, items: Sequence[bytes], *, run_id: str) -> BatchStatus:
+    async def submit(self, items: Sequence[bytes], *, run_id: str, claim: str) -> BatchStatus:
         requests = [json.loads(item) for item in items]
-        batch = await self._call(self._client.messages.batches.create(requests=requests))
+        once = self._client.with_options(max_retries=0)  # a lost reply must not make two
+        batch = await self._call(once.messages.batches.create(requests=requests))
         return self._status(batch, total=len(items))
+
+    async def find(self, claim: str) -> BatchStatus | None:
+        return None  # Message Batches carry no metadata to find one by
 
     async def poll(self, batch_id: str) -> BatchStatus:
         return self._status(await self._call(self._client.messages.batches.retrieve(batch_id)))
@@ -113,8 +117,11 @@ class AnthropicBatches:
             state = "cancelled" if cancelled else "expired" if number["expired"] else "done"
         else:
             state = "cancelling" if status == "canceling" else "running"
+        batch_id = label(getattr(batch, "id", None))
+        if batch_id is None:
+            raise invalid("malformed batch: no id", None)
         return BatchStatus(
-            batch_id=str(batch.id),
+            batch_id=batch_id,
             state=state,
             total=sum(number.values()) or total or 0,
             done=number["succeeded"],

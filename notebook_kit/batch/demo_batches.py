@@ -61,17 +61,25 @@ class DemoBatches:
         }
         return _json_line(item)
 
-    async def submit(self, items: Sequence[bytes], *, run_id: str) -> BatchStatus:
+    async def submit(self, items: Sequence[bytes], *, run_id: str, claim: str) -> BatchStatus:
         batch_id = f"demobatch_{uuid.uuid4().hex[:16]}"
         record = {
             "created": time.time(),
             "seconds": self._model.batch_seconds,
             "run_id": run_id,
+            "claim": claim,
             "items": [item.decode("utf-8") for item in items],
             "cancelled_at": None,
         }
         self._write(batch_id, record)
         return _status(batch_id, record)
+
+    async def find(self, claim: str) -> BatchStatus | None:
+        for path in sorted(self._folder.glob("demobatch_*.json")):
+            record = json.loads(path.read_text("utf-8"))
+            if record.get("claim") == claim:
+                return _status(path.stem, record)
+        return None
 
     async def poll(self, batch_id: str) -> BatchStatus:
         return _status(batch_id, self._read(batch_id))

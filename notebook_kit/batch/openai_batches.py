@@ -84,20 +84,29 @@ class OpenAIBatches:
         line = {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}
         return _json_line(line)
 
-    async def submit(self, items: Sequence[bytes], *, run_id: str) -> BatchStatus:
+    async def submit(self, items: Sequence[bytes], *, run_id: str, claim: str) -> BatchStatus:
         data = b"\n".join(items) + b"\n"
         upload = await self._call(
             self._client.files.create(file=(f"notebook_kit-{run_id}.jsonl", data), purpose="batch")
         )
+        once = self._client.with_options(max_retries=0)  # a lost reply must not make two
         batch = await self._call(
-            self._client.batches.create(
+            once.batches.create(
                 input_file_id=upload.id,
                 endpoint=ENDPOINT,
                 completion_window="24h",
-                metadata={"notebook_kit_run": run_id},  # finds the job again without our files
+                metadata={"notebook_kit_run": run_id, "notebook_kit_claim": claim},
             )
         )
         return self._status(batch, total=len(items))
+
+    async def find(self, claim: str) -> BatchStatus | None:
+        page = await self._call(self._client.batches.list(limit=100))  # the newest first
+        for batch in getattr(page, "data", None) or []:
+            metadata = getattr(batch, "metadata", None)
+            if isinstance(metadata, dict) and metadata.get("notebook_kit_claim") == claim:
+                return self._status(batch)
+        return None
 
     async def poll(self, batch_id: str) -> BatchStatus:
         return self._status(await self._call(self._client.batches.retrieve(batch_id)))
@@ -115,7 +124,9 @@ class OpenAIBatches:
             content = await self._call(self._client.files.content(file_id))
             for line in content.content.splitlines():
                 read = self._read(line, stand_in)
-                if read is not None and (read[0] not in outcomes or isinstance(read[1], CallError)):
+                if read is not None and (
+                    read[0] not in outcomes or isinstance(outcomes[read[0]], CallError)
+                ):
                     outcomes[read[0]] = read[1]  # a reply beats an error line for the same id
         return outcomes
 
@@ -136,8 +147,11 @@ class OpenAIBatches:
         if first is not None:
             error = f"{codes[0] or 'error'}: {message or 'no message'}"
             error += f" (line {line})" if isinstance(line, int) else ""
+        batch_id = label(getattr(batch, "id", None))
+        if batch_id is None:
+            raise invalid("malformed batch: no id", None)
         return BatchStatus(
-            batch_id=str(batch.id),
+            batch_id=batch_id,
             state=STATES.get(label(getattr(batch, "status", None)) or "", "running"),
             total=token_count(getattr(counts, "total", None)) or total or 0,
             done=token_count(getattr(counts, "completed", None)) or 0,
@@ -145,6 +159,7 @@ class OpenAIBatches:
             created=_seconds(getattr(batch, "created_at", None)),
             expires_at=_seconds(getattr(batch, "expires_at", None)),
             error=self._redact(error)[:300] if error else None,
+            error_code=codes[0] if codes else None,
             resubmit=WAVE_CODE in codes,
         )
 

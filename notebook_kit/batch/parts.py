@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..providers.base import Provider
@@ -14,7 +14,6 @@ from .service import BatchLimit, split
 from .store import BatchStore, StoredBatch
 
 log = logging.getLogger("notebook_kit")
-NOT_AGAIN = frozenset({"cancelled", "failed", "expired"})  # earlier batches not to reattach
 
 
 @dataclass(slots=True)
@@ -23,10 +22,17 @@ class Part:
 
     rows: dict[str, tuple[str | None, Request]]  # custom id -> (reuse key, request)
     prints: dict[str, str]  # custom id -> fingerprint, for every row of the batch
-    items: list[bytes] = field(default_factory=list)  # what to submit (kept to send again)
+    items: list[bytes] = field(default_factory=list)  # what to submit (dropped once running)
     status: BatchStatus | None = None  # None: not submitted yet
     sent_at: float = 0.0  # on the run's clock
     collect_failures: int = 0
+    cancel_sent: bool = False  # Stop: the provider accepted its cancel
+    earlier: bool = False  # made by an earlier run, found again
+
+    @property
+    def model(self) -> str | None:
+        """The model of its rows (a part holds one)."""
+        return next(iter(self.rows.values()))[1].model if self.rows else None
 
 
 def account(provider: Provider) -> str:
@@ -36,18 +42,14 @@ def account(provider: Provider) -> str:
 
 
 def reattached(
-    store: BatchStore,
-    owner: str,
-    leaders: dict[str, Request],
-    fingerprint: Callable[[Request], str],
+    store: BatchStore, owner: str, leaders: dict[str, Request], prints: dict[str, str]
 ) -> list[Part]:
-    """Parts for the batches an earlier run of `owner` left in flight that answer some of
-    these rows; those rows leave `leaders`."""
-    by_print = {fingerprint(request): (key, request) for key, request in leaders.items()}
+    """Parts for the batches (and claims) an earlier run of `owner` left unread that
+    answer some of these rows (`prints`: each leader's fingerprint); those rows leave
+    `leaders`. Ended ones too: what they answered is read, the rest sent again."""
+    by_print = {prints[key]: (key, request) for key, request in leaders.items()}
     parts: list[Part] = []
     for stored in store.live(owner):
-        if stored.state in NOT_AGAIN:
-            continue
         prints = dict(store.rows(stored.batch_id))
         mine = {cid: by_print.pop(fp) for cid, fp in prints.items() if fp in by_print}
         if not mine:
@@ -55,8 +57,8 @@ def reattached(
         for key, _ in mine.values():
             del leaders[key]
         rows: dict[str, tuple[str | None, Request]] = dict(mine)
-        parts.append(Part(rows=rows, prints=prints, status=_last_known(stored)))
-        log.info("reattached to batch %s (%d rows): not sent again", stored.batch_id, len(mine))
+        parts.append(Part(rows=rows, prints=prints, status=last_known(stored), earlier=True))
+        log.info("found batch %s again (%d rows): not sent again", stored.batch_id, len(mine))
     return parts
 
 
@@ -67,7 +69,7 @@ def attached(store: BatchStore, stored: StoredBatch) -> Part:
         custom_id: (None, Request(key=position, messages=[], model=stored.model))
         for position, custom_id in enumerate(by_position(list(prints.items())))
     }
-    return Part(rows=rows, prints=prints, status=_last_known(stored))
+    return Part(rows=rows, prints=prints, status=last_known(stored), earlier=True)
 
 
 def by_position(rows: Sequence[tuple[str, str]]) -> list[str]:
@@ -79,7 +81,7 @@ def by_position(rows: Sequence[tuple[str, str]]) -> list[str]:
 def new_parts(
     rows: Sequence[tuple[str, str, Request, bytes]],
     limit: BatchLimit,
-    fingerprint: Callable[[Request], str],
+    prints: Mapping[str, str],
 ) -> list[Part]:
     """(custom id, reuse key, request, encoded item) rows as parts within `limit`, one
     model per part (OpenAI's batches take one model each)."""
@@ -89,7 +91,7 @@ def new_parts(
     return [
         Part(
             rows={same[i][0]: (same[i][1], same[i][2]) for i in part},
-            prints={same[i][0]: fingerprint(same[i][2]) for i in part},
+            prints={same[i][0]: prints[same[i][1]] for i in part},
             items=[same[i][3] for i in part],
         )
         for same in by_model.values()
@@ -97,7 +99,7 @@ def new_parts(
     ]
 
 
-def _last_known(stored: StoredBatch) -> BatchStatus:
+def last_known(stored: StoredBatch) -> BatchStatus:
     return BatchStatus(
         batch_id=stored.batch_id,
         state=stored.state,
@@ -109,7 +111,13 @@ def _last_known(stored: StoredBatch) -> BatchStatus:
     )
 
 
+def position_of(custom_id: str) -> int | None:
+    """The row's position in the frame that made the batch (the kit's custom ids are the
+    run id, a dash and the position)."""
+    tail = custom_id.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else None
+
+
 def _natural(custom_id: str) -> tuple[str, int]:
-    """The kit's custom ids (run id, dash, position) in the order of their positions."""
-    head, _, tail = custom_id.rpartition("-")
-    return (head, int(tail)) if tail.isdigit() else (custom_id, -1)
+    position = position_of(custom_id)
+    return (custom_id.rpartition("-")[0], position) if position is not None else (custom_id, -1)

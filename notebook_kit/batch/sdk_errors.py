@@ -7,7 +7,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from ..errors import CallError
-from ..providers.base import transport_error
+from ..providers.base import is_transport, transport_error
 from ..providers.status import status_error
 from ..secrets import Redactor
 
@@ -21,6 +21,10 @@ async def guarded(call: Awaitable[T], sdk: Any, redact: Redactor) -> T:
         return await call
     except (sdk.APIStatusError, sdk.APIConnectionError) as exc:
         error = _mapped(exc, sdk, redact)
+    except Exception as exc:  # a body read outside the SDK (a results file): cut mid-way
+        if not is_transport(exc):
+            raise
+        error = transport_error(exc, redact)
     raise error
 
 

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from ..errors import CallError, ConfigError
 from ..providers import AnthropicProvider, DemoProvider, OpenAIProvider, Provider
-from ..types import BatchStatus, Completion, Request
+from ..types import BatchStatus, Completion, ErrorType, Request
 
 Outcome = Completion | CallError  # what a batch says of one row
 MB = 1_000_000
@@ -19,17 +19,19 @@ MB = 1_000_000
 
 @dataclass(frozen=True)
 class BatchLimit:
-    """What one batch may hold: requests, and bytes of input."""
+    """What one batch may hold: requests, and bytes of input (`envelope`: bytes around
+    the items, such as Anthropic's `{"requests": [...]}`)."""
 
     requests: int
     bytes: int
+    envelope: int = 0
 
 
 # Per provider (OpenAI: 50,000 requests in an input file of at most 200 MB; Anthropic:
 # 100,000 requests in a create call of at most 256 MB). A larger job is split.
 BATCH_LIMITS: dict[str, BatchLimit] = {
     "openai": BatchLimit(requests=50_000, bytes=200 * MB),
-    "anthropic": BatchLimit(requests=100_000, bytes=256 * MB),
+    "anthropic": BatchLimit(requests=100_000, bytes=256 * MB, envelope=16),
     "demo": BatchLimit(requests=100_000, bytes=256 * MB),
 }
 # SDK options that are no part of a request's body: a batch cannot carry them
@@ -49,8 +51,13 @@ class BatchService(Protocol):
         """The request as one item of a batch (a JSONL line); `CallError` if it cannot be."""
         ...
 
-    async def submit(self, items: Sequence[bytes], *, run_id: str) -> BatchStatus:
-        """Create one batch of `items`."""
+    async def submit(self, items: Sequence[bytes], *, run_id: str, claim: str) -> BatchStatus:
+        """Create one batch of `items` (never retried: a lost reply would make two), tagged
+        with the run and the claim it was written down under."""
+        ...
+
+    async def find(self, claim: str) -> BatchStatus | None:
+        """The batch created under `claim`, if the provider can tell (OpenAI's metadata)."""
         ...
 
     async def poll(self, batch_id: str) -> BatchStatus: ...
@@ -65,9 +72,10 @@ class BatchService(Protocol):
 def split(sizes: Sequence[int], limit: BatchLimit) -> list[range]:
     """Consecutive parts of items of these sizes (bytes), each within `limit`."""
     parts: list[range] = []
+    room = limit.bytes - limit.envelope
     start, used = 0, 0
     for index, size in enumerate(sizes):
-        if index > start and (index - start >= limit.requests or used + size > limit.bytes):
+        if index > start and (index - start >= limit.requests or used + size > room):
             parts.append(range(start, index))
             start, used = index, 0
         used += size
@@ -107,10 +115,21 @@ def open_service(provider: Provider, *, home: Path) -> AbstractAsyncContextManag
     )
 
 
-def unanswered(state: str) -> CallError:
-    """The error of a row an ended batch did not answer."""
-    from ..types import ErrorType
+# A failed batch's error code (OpenAI's `errors.data[].code`), as the error type its rows get.
+FAILED_BATCH = {
+    "model_not_found": ErrorType.NOT_FOUND,
+    "invalid_api_key": ErrorType.AUTH,
+    "insufficient_quota": ErrorType.QUOTA,
+    "billing_hard_limit_reached": ErrorType.QUOTA,
+}
 
+
+def unanswered(status: BatchStatus) -> CallError:
+    """The error of a row an ended batch did not answer."""
+    state = status.state
+    if state == "failed":
+        kind = FAILED_BATCH.get(status.error_code or "", ErrorType.BAD_REQUEST)
+        return CallError(kind, f"the batch failed: {status.error or 'no reason given'}")
     if state == "expired":
         return CallError(ErrorType.EXPIRED, "the batch expired (24 h) before this row was answered")
     if state == "cancelled":

@@ -5,11 +5,19 @@ Two tables in the kit's database (the cache file, also with `cache=False`): one 
 provider batch (its account, state and counts), and one per row in it (the row's custom id
 and the fingerprint of its request, the cache's key: what a later run matches on). Writes
 are synchronous: a run goes on only once its batch is on disk.
+
+A batch is *claimed* before it is created: written down in state `submitting` under a
+claim id, with the process that submits it. Another run of the same rows meanwhile waits
+for the claim instead of creating a second batch; a claim whose process died is looked up
+at the provider by its id (the batch's metadata) or dropped.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import closing
@@ -17,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import connect, on_network_filesystem
+from ..errors import ConfigError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch_jobs (
@@ -32,7 +41,8 @@ CREATE TABLE IF NOT EXISTS batch_jobs (
     created REAL NOT NULL,
     expires_at REAL,
     collected INTEGER NOT NULL DEFAULT 0,
-    settings TEXT NOT NULL DEFAULT '{}'
+    settings TEXT NOT NULL DEFAULT '{}',
+    claim TEXT
 );
 CREATE TABLE IF NOT EXISTS batch_rows (
     batch_id TEXT NOT NULL,
@@ -41,10 +51,12 @@ CREATE TABLE IF NOT EXISTS batch_rows (
     PRIMARY KEY (batch_id, custom_id)
 );
 """
+CLAIM_PATIENCE_S = 900.0  # a claim from another machine is waited for this long at most
 COLUMNS = (
     "batch_id, provider, account, run_id, model, rows, state, done, failed, created, "
-    "expires_at, collected, settings"
+    "expires_at, collected, settings, claim"
 )
+CLAIMED = "submitting"  # the state of a claim: the batch is being created
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +69,41 @@ class StoredBatch:
     run_id: str
     model: str | None
     rows: int
-    state: str  # the kit's word for it (see `remote.STATES`)
+    state: str  # the kit's word for it (see `types.BatchStatus`), "submitting" for a claim
     done: int = 0
     failed: int = 0
     created: float = 0.0  # Unix time
     expires_at: float | None = None
     collected: bool = False  # its results were read into a frame (and the cache)
-    settings: str = "{}"  # JSON: the provider's base URL, to attach from another kernel
+    settings: str = "{}"  # JSON: base URL (to attach from another kernel); a claim's process
+    claim: str | None = None  # the claim it was created under
 
     @property
     def base_url(self) -> str | None:
         value = json.loads(self.settings).get("base_url")
         return value if isinstance(value, str) else None
+
+    @property
+    def claimed(self) -> bool:
+        """A claim: the batch is being created (or its process died doing so)."""
+        return self.state == CLAIMED
+
+    def claim_alive(self, now: float) -> bool:
+        """Whether the process that claimed it may still be creating it: alive on this
+        machine, or on another one for CLAIM_PATIENCE_S."""
+        settings = json.loads(self.settings)
+        if settings.get("host") != socket.gethostname():
+            return now - self.created < CLAIM_PATIENCE_S
+        pid = settings.get("pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except PermissionError:  # alive, another user's
+            return True
+        except OSError:
+            return False
+        return True
 
 
 class BatchStore:
@@ -76,10 +111,17 @@ class BatchStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._wal = not on_network_filesystem(path.parent)
-        with closing(connect(path, wal=self._wal)) as conn, conn:
-            conn.executescript(SCHEMA)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._wal = not on_network_filesystem(path.parent)
+            with closing(connect(path, wal=self._wal)) as conn, conn:
+                conn.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"batch jobs are written down in the kit's database, and {path} cannot be "
+                f"written ({type(exc).__name__}: {exc}): choose a file with "
+                'cache="path.sqlite" (or set NOTEBOOK_KIT_CACHE)'
+            ) from None
 
     def __repr__(self) -> str:
         return f"BatchStore({str(self.path)!r})"
@@ -89,13 +131,39 @@ class BatchStore:
         with closing(connect(self.path, wal=self._wal)) as conn, conn:
             conn.execute(
                 f"INSERT OR REPLACE INTO batch_jobs ({COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _values(batch),
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO batch_rows VALUES (?, ?, ?)",
                 ((batch.batch_id, custom_id, print_) for custom_id, print_ in rows),
             )
+
+    def settle_claim(self, claim: str, batch: StoredBatch) -> None:
+        """The claimed batch exists: its id, state and times replace the claim's."""
+        with closing(connect(self.path, wal=self._wal)) as conn, conn:
+            conn.execute(
+                "UPDATE batch_jobs SET batch_id = ?, state = ?, created = ?, expires_at = ?, "
+                "model = ?, claim = ? WHERE batch_id = ?",
+                (
+                    batch.batch_id,
+                    batch.state,
+                    batch.created,
+                    batch.expires_at,
+                    batch.model,
+                    claim,
+                    claim,
+                ),
+            )
+            conn.execute(
+                "UPDATE batch_rows SET batch_id = ? WHERE batch_id = ?", (batch.batch_id, claim)
+            )
+
+    def drop(self, batch_id: str) -> None:
+        """Forget a claim whose batch was never created."""
+        with closing(connect(self.path, wal=self._wal)) as conn, conn:
+            conn.execute("DELETE FROM batch_rows WHERE batch_id = ?", (batch_id,))
+            conn.execute("DELETE FROM batch_jobs WHERE batch_id = ?", (batch_id,))
 
     def update(
         self,
@@ -120,7 +188,8 @@ class BatchStore:
         return self._select("WHERE account = ? AND collected = 0", (account,))
 
     def get(self, batch_id: str) -> StoredBatch | None:
-        found = self._select("WHERE batch_id = ?", (batch_id,))
+        """The batch of this id, or the one created under this claim."""
+        found = self._select("WHERE batch_id = ? OR claim = ?", (batch_id, batch_id))
         return found[0] if found else None
 
     def all(self) -> list[StoredBatch]:
@@ -158,12 +227,13 @@ def _values(batch: StoredBatch) -> tuple[object, ...]:
         batch.expires_at,
         int(batch.collected),
         batch.settings,
+        batch.claim,
     )
 
 
 def _batch(row: tuple[object, ...]) -> StoredBatch:
     (batch_id, provider, account, run_id, model, rows, state, done, failed, created) = row[:10]
-    expires_at, collected, settings = row[10:]
+    expires_at, collected, settings, claim = row[10:]
     return StoredBatch(
         batch_id=str(batch_id),
         provider=str(provider),
@@ -178,4 +248,5 @@ def _batch(row: tuple[object, ...]) -> StoredBatch:
         expires_at=None if expires_at is None else float(expires_at),  # type: ignore[arg-type]
         collected=bool(collected),
         settings=str(settings),
+        claim=None if claim is None else str(claim),
     )

@@ -162,7 +162,7 @@ def transport_error(exc: BaseException, redact: Redactor) -> CallError:
 TRANSPORTS = ("httpx", "httpx2", "httpcore", "h11", "aiohttp", "httpx_aiohttp")
 
 
-def _is_transport(exc: Exception) -> bool:
+def is_transport(exc: Exception) -> bool:
     """An HTTP library's error reaching us unwrapped: a stream cut while being read."""
     return type(exc).__module__.split(".")[0] in TRANSPORTS
 
@@ -265,7 +265,7 @@ class SDKSession(ABC):
                 request_id=exc.request_id,
                 redact=self._redact,
             )
-        if isinstance(exc, sdk.APIConnectionError) or _is_transport(exc):  # timeouts too
+        if isinstance(exc, sdk.APIConnectionError) or is_transport(exc):  # timeouts too
             return transport_error(exc, self._redact)
         if isinstance(exc, sdk.APIError):  # openai: an error record inside a stream
             return stream_error(exc.body, self._redact)
