@@ -8,9 +8,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..errors import CallError
 from ..providers.base import Provider
-from ..types import BatchStatus, Request
-from .service import BatchLimit, split
+from ..types import BatchStatus, Request, RowResult
+from .budget import over_budget
+from .results import cancelled, row_result
+from .service import BatchLimit, BatchService, split
 from .store import BatchStore, StoredBatch
 
 log = logging.getLogger("notebook_kit")
@@ -116,6 +119,48 @@ def position_of(custom_id: str) -> int | None:
     run id, a dash and the position)."""
     tail = custom_id.rpartition("-")[2]
     return int(tail) if tail.isdigit() else None
+
+
+def planned(
+    service: BatchService,
+    leaders: Mapping[str, Request],
+    prints: Mapping[str, str],
+    *,
+    run_id: str,
+    limit: BatchLimit,
+    budget: float | None,
+) -> tuple[list[Part], list[tuple[str, Request, RowResult]]]:
+    """New parts for the rows within the budget, encoded and split within `limit`; and the
+    rows refused, with their results (past the budget, or not encodable). CPU work only:
+    run it off the loop."""
+    sent, over = over_budget(list(leaders.items()), budget)
+    note = f"not submitted: the batch would pass budget_usd={budget}"
+    refused = [(key, request, cancelled(request, note)) for key, request in over]
+    rows: list[tuple[str, str, Request, bytes]] = []
+    for key, request in sent:
+        custom_id = f"{run_id}-{request.key}"
+        try:
+            rows.append((custom_id, key, request, service.encode(custom_id, request)))
+        except CallError as exc:
+            refused.append((key, request, row_result(request, exc)[0]))
+    return new_parts(rows, limit, prints), refused
+
+
+def again(part: Part, *, alone: bool) -> list[Part]:
+    """A batch refused for the enqueued-token limit, to be sent again: whole (it waits for
+    another of the run's batches to end), or, when none is left (`alone`), in halves."""
+    ids = list(part.rows)
+    cut = len(ids) // 2 if alone else len(ids)
+    halves = [range(cut), range(cut, len(ids))] if alone else [range(len(ids))]
+    return [
+        Part(
+            rows={ids[i]: part.rows[ids[i]] for i in half},
+            prints={ids[i]: part.prints[ids[i]] for i in half},
+            items=[part.items[i] for i in half],
+        )
+        for half in halves
+        if half
+    ]
 
 
 def _natural(custom_id: str) -> tuple[str, int]:

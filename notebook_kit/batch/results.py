@@ -83,3 +83,10 @@ def _failed(
         request_id=error.request_id or (reply.request_id if reply is not None else None),
         model=reply.model if reply is not None else None,
     )
+
+
+def cancelled(request: Request, note: str) -> RowResult:
+    """A row that was never sent in a batch (Stop, the budget), with why."""
+    return RowResult(
+        key=request.key, status=RowStatus.CANCELLED, error=note, error_type=ErrorType.CANCELLED
+    )

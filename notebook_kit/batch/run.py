@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 
 from ..cache import Cache
@@ -30,12 +29,13 @@ from ..errors import RUN_ERRORS, CallError, RunError
 from ..events import BatchChanged, EventBus, RunFinished, StopRequested
 from ..providers.base import Provider
 from ..reporting import RunStats, Snapshot
-from ..types import BatchStatus, Completion, ErrorType, Request, RowResult, RowStatus
-from .budget import over_budget
-from .parts import Part, account, attached, last_known, new_parts, reattached
-from .results import row_result
+from ..types import BatchStatus, ErrorType, Request, RowResult, RowStatus
+from .claims import claimed
+from .parts import Part, account, again, attached, planned, reattached
+from .reading import Reader
+from .results import cancelled, row_result
 from .rows import BatchRows
-from .service import BATCH_LIMITS, BatchService, open_service, unanswered
+from .service import BATCH_LIMITS, BatchService, open_service
 from .store import BatchStore, StoredBatch
 from .submission import Submitter
 
@@ -43,7 +43,6 @@ log = logging.getLogger("notebook_kit")
 Item = Request | RowResult
 POLL_GROWTH = 1.5
 POLL_CAP = 6.0  # the longest wait between polls, in first waits (10 s -> 60 s)
-COLLECT_TRIES = 5  # downloads of a batch's results tried before its rows fail
 UNREAD = frozenset({"cancelled", "expired", "failed"})  # ended without answering every row
 
 
@@ -91,6 +90,14 @@ class BatchRun:
             self.events, reuse, cache, provider=provider.name, clock=self.clock, since=self._t0
         )
         self.results = self._rows.results
+        self._reader = Reader(
+            self._rows,
+            store,
+            cache,
+            provider=provider.name,
+            clock=self.clock,
+            abort=self._abort,
+        )
         self._stop = asyncio.Event()
         self._ended_at: float | None = None
         self._live: list[Part] = []
@@ -193,119 +200,60 @@ class BatchRun:
         """The batches to wait for: earlier ones that answer some rows, then new ones."""
         if self._attach is not None:
             return [attached(self._store, self._attach)]
-        prints = await asyncio.to_thread(self._fingerprints, leaders)
+        name, base_url = self.provider.name, self._base_url
+        prints = await asyncio.to_thread(
+            lambda: {key: cache_key(name, base_url, r) for key, r in leaders.items()}
+        )
         owner = account(self.provider)
         earlier = await asyncio.to_thread(reattached, self._store, owner, leaders, prints)
-        parts: list[Part] = []
-        for part in earlier:
-            parts += await self._found_again(service, part, leaders)
-        return parts + await self._new_parts(service, leaders, prints)
-
-    def _fingerprints(self, leaders: Mapping[str, Request]) -> dict[str, str]:
-        name, base_url = self.provider.name, self._base_url
-        return {key: cache_key(name, base_url, request) for key, request in leaders.items()}
+        parts = [p for part in earlier for p in await self._found_again(service, part, leaders)]
+        new, refused = await asyncio.to_thread(
+            planned,
+            service,
+            leaders,
+            prints,
+            run_id=self.run_id,
+            limit=BATCH_LIMITS[name],
+            budget=self.config.budget_usd,
+        )
+        for key, request, result in refused:
+            self._rows.settle(key, request, result, None)
+        return parts + new
 
     async def _found_again(
         self, service: BatchService, part: Part, leaders: dict[str, Request]
     ) -> list[Part]:
-        """An earlier run's batch (or claim) for some of these rows: waited for, or read
+        """An earlier run's batch (or claim) for some of these rows: waited for; or read
         now when it ended without answering them all (the rest go back to `leaders`)."""
         assert part.status is not None
         status: BatchStatus | None = part.status
-        if status is not None and status.state == "submitting":
-            status = await self._claimed(service, status)
+        if part.status.state == "submitting":
+            self._changed(part.status)
+            status = await claimed(
+                self._store,
+                service,
+                part.status.batch_id,
+                pause=lambda: self._pause(self.config.batch_poll_s or service.poll_s),
+                stopped=self._stop.is_set,
+            )
+            self.batches.pop(part.status.batch_id, None)
         if status is None:  # never created: the rows are sent now
-            _back(part, leaders)
+            leaders.update((k, r) for k, r in part.rows.values() if k is not None)
             return []
         try:
             status = await service.poll(status.batch_id)
         except CallError as exc:
             if exc.error_type is not ErrorType.NOT_FOUND:
                 raise
-            log.warning(
-                "batch %s is gone at the provider: its rows are sent again", status.batch_id
-            )
-            self._store_update(replace(status, state="lost"), collected=True)
-            _back(part, leaders)
+            self._reader.lost(status)
+            leaders.update((k, r) for k, r in part.rows.values() if k is not None)
             return []
         part.status = status
         self._changed(status)
         if not status.ended or not (status.state in UNREAD or status.resubmit):
             return [part]
-        outcomes = await service.results(status.batch_id, part.model)
-        self._rows.sent(part)
-        again = Part(rows={}, prints={}, sent_at=part.sent_at)
-        for custom_id, (key, request) in part.rows.items():
-            outcome = outcomes.get(custom_id)
-            if isinstance(outcome, Completion):
-                self._answer(part, custom_id, key, request, outcome)
-            elif key is not None:
-                leaders[key] = request
-                again.rows[custom_id] = (key, request)
-        self._rows.left(again, "cancelled")  # their attempt in this batch ends unanswered
-        await self._read(part, outcomes, status)
+        leaders.update(await self._reader.salvage(service, part, status))
         return []
-
-    async def _claimed(self, service: BatchService, claim: BatchStatus) -> BatchStatus | None:
-        """A batch another run is creating: its status once created, None if it never was
-        (that run failed to, or died before; a batch the provider has is found by claim)."""
-        self._changed(claim)
-        try:
-            while True:
-                stored = await asyncio.to_thread(self._store.get, claim.batch_id)
-                if stored is None:
-                    return None
-                if not stored.claimed:
-                    return last_known(stored)
-                if not stored.claim_alive(time.time()):
-                    return await self._adopt(service, stored)
-                if self._stop.is_set():  # its rows go back, to be cancelled unsent
-                    return None
-                await self._pause(self.config.batch_poll_s or service.poll_s)
-        finally:
-            self.batches.pop(claim.batch_id, None)
-
-    async def _adopt(self, service: BatchService, claim: StoredBatch) -> BatchStatus | None:
-        """A dead run's claim: its batch, if the provider has one under it, else dropped."""
-        found = await service.find(claim.batch_id)
-        if found is None:
-            await asyncio.to_thread(self._store.drop, claim.batch_id)
-            return None
-        created = replace(
-            claim, batch_id=found.batch_id, state=found.state, expires_at=found.expires_at
-        )
-        await asyncio.to_thread(self._store.settle_claim, claim.batch_id, created)
-        return found
-
-    async def _new_parts(
-        self, service: BatchService, leaders: dict[str, Request], prints: Mapping[str, str]
-    ) -> list[Part]:
-        """The remaining rows within the budget, encoded and split within the limits."""
-        budget = self.config.budget_usd
-        sent, over = over_budget(list(leaders.items()), budget)
-        for key, request in over:
-            note = f"not submitted: the batch would pass budget_usd={budget:g}"
-            self._rows.settle(key, request, _cancelled(request, note), None)
-        encoded = await asyncio.to_thread(self._encoded, service, sent)
-        rows: list[tuple[str, str, Request, bytes]] = []
-        for custom_id, key, request, item in encoded:
-            if isinstance(item, CallError):
-                self._rows.settle(key, request, row_result(request, item)[0], None)
-            else:
-                rows.append((custom_id, key, request, item))
-        return new_parts(rows, BATCH_LIMITS[self.provider.name], prints)
-
-    def _encoded(
-        self, service: BatchService, rows: list[tuple[str, Request]]
-    ) -> list[tuple[str, str, Request, bytes | CallError]]:
-        out: list[tuple[str, str, Request, bytes | CallError]] = []
-        for key, request in rows:
-            custom_id = f"{self.run_id}-{request.key}"
-            try:
-                out.append((custom_id, key, request, service.encode(custom_id, request)))
-            except CallError as exc:
-                out.append((custom_id, key, request, exc))
-        return out
 
     async def _wait(self, service: BatchService, parts: list[Part]) -> None:
         """Submit the new parts and poll every batch until all are read."""
@@ -347,7 +295,7 @@ class BatchRun:
                     again = await self._bounced(service, part, status, alone=not live)
                     waiting.extendleft(reversed(again))
                     held = bool(live)
-                elif await self._collect(service, part, status):
+                elif await self._reader.collect(service, part, status):
                     live.remove(part)
                     held = False
 
@@ -400,10 +348,9 @@ class BatchRun:
     async def _bounced(
         self, service: BatchService, part: Part, status: BatchStatus, *, alone: bool
     ) -> list[Part]:
-        """A batch refused for the enqueued-token limit: its rows, to be sent again once
-        another of the run's batches ends; or, with none left (`alone`), in two halves.
-        A single row refused alone fails (`rate_limit`)."""
-        self._store_update(status, collected=True)
+        """A batch refused for the enqueued-token limit: its rows, to be sent again (see
+        `parts.again`); a single row refused alone fails (`rate_limit`)."""
+        self._reader.update(status, collected=True)
         self.batches.pop(status.batch_id, None)
         self._rows.left(part, "rate_limit")
         if alone and len(part.rows) == 1:
@@ -411,23 +358,13 @@ class BatchRun:
             for key, request in part.rows.values():
                 self._rows.settle(key, request, row_result(request, error)[0], None)
             return []
-        ids = list(part.rows)
         if not part.items:  # dropped once it ran, or an earlier run's batch: encode again
-            requests = [part.rows[i][1] for i in ids]
+            rows = list(part.rows.items())
             part.items = await asyncio.to_thread(
-                lambda: [service.encode(i, r) for i, r in zip(ids, requests, strict=True)]
+                lambda: [service.encode(custom_id, request) for custom_id, (_, request) in rows]
             )
-        cut = len(ids) // 2 if alone else len(ids)
-        halves = [range(cut), range(cut, len(ids))] if alone else [range(len(ids))]
         log.info("batch %s waits for the provider's token queue: sent again", status.batch_id)
-        return [
-            Part(
-                rows={ids[i]: part.rows[ids[i]] for i in half},
-                prints={ids[i]: part.prints[ids[i]] for i in half},
-                items=[part.items[i] for i in half],
-            )
-            for half in halves
-        ]
+        return again(part, alone=alone)
 
     async def _poll(self, service: BatchService, part: Part) -> BatchStatus | None:
         """The batch now (None: the provider did not say; the next poll asks again)."""
@@ -444,72 +381,14 @@ class BatchRun:
         if status.state in ("running", "finishing") and not status.resubmit:
             part.items = []  # accepted: what was sent is no longer needed
         self._changed(status)
-        self._store_update(status)
+        self._reader.update(status)
         return status
-
-    async def _collect(self, service: BatchService, part: Part, status: BatchStatus) -> bool:
-        """Read an ended batch's results into rows (and the cache); False: try again later."""
-        lost: CallError | None = None
-        if status.state == "failed":
-            failure = unanswered(status)
-            if failure.fatal:
-                self._abort(failure)
-        try:
-            outcomes = await service.results(status.batch_id, part.model)
-        except CallError as exc:
-            part.collect_failures += 1
-            if exc.fatal:
-                self._abort(exc)
-                raise self.run_error from None  # type: ignore[misc]
-            if status.state != "failed" and part.collect_failures < COLLECT_TRIES:
-                log.warning("could not read batch %s (%s): trying again", status.batch_id, exc)
-                return False
-            outcomes = {}
-            if status.state != "failed":
-                note = f"could not read the results of batch {status.batch_id}: {exc}"
-                lost = CallError(
-                    exc.error_type, f"{note}; kit.attach({status.batch_id!r}) reads them"
-                )
-        for custom_id, (key, request) in part.rows.items():
-            outcome = outcomes.get(custom_id) or lost or unanswered(status)
-            self._answer(part, custom_id, key, request, outcome)
-        await self._read(part, outcomes, status if lost is None else None)
-        return True
-
-    def _answer(
-        self,
-        part: Part,
-        custom_id: str,
-        key: str | None,
-        request: Request,
-        outcome: Completion | CallError,
-    ) -> None:
-        seconds = round(self.clock.now() - part.sent_at, 3)
-        result, completion = row_result(request, outcome, latency=seconds)
-        self._rows.answered(part, result)
-        self._rows.settle(key, request, result, completion, part.prints.get(custom_id))
-
-    async def _read(
-        self, part: Part, outcomes: Mapping[str, object], status: BatchStatus | None
-    ) -> None:
-        """After a batch's rows are answered: its other replies cached too (a batch found
-        again may hold rows this run has not), the cache on disk, then the batch marked read
-        (`status` None: not read, a later run tries again)."""
-        cache = self._cache
-        if cache is not None:
-            for custom_id, print_ in part.prints.items():
-                outcome = outcomes.get(custom_id)
-                if custom_id not in part.rows and isinstance(outcome, Completion):
-                    cache.put(print_, self.provider.name, outcome.model or "", outcome)
-            await asyncio.to_thread(cache.flush)
-        if status is not None:
-            self._store_update(status, collected=True)
 
     def _not_submitted(self, waiting: deque[Part]) -> None:
         for part in waiting:
             for key, request in part.rows.values():
                 note = f"not submitted: {self.stop_reason}"
-                self._rows.settle(key, request, _cancelled(request, note), None)
+                self._rows.settle(key, request, cancelled(request, note), None)
         waiting.clear()
 
     async def _cancel(self, service: BatchService, live: list[Part]) -> None:
@@ -559,31 +438,5 @@ class BatchRun:
         self.batches[status.batch_id] = status
         self.events.emit(BatchChanged(self._now(), status))
 
-    def _store_update(self, status: BatchStatus, *, collected: bool = False) -> None:
-        try:
-            self._store.update(
-                status.batch_id,
-                state=status.state,
-                done=status.done,
-                failed=status.failed,
-                expires_at=status.expires_at,
-                collected=collected,
-            )
-        except Exception as exc:  # the batch is written down already: only its state is late
-            log.warning("could not update batch %s in %s: %s", status.batch_id, self._store, exc)
-
     def _now(self) -> float:
         return self.clock.now() - self._t0
-
-
-def _back(part: Part, leaders: dict[str, Request]) -> None:
-    """A batch found again that will not answer: its rows are to be sent."""
-    for key, request in part.rows.values():
-        if key is not None:
-            leaders[key] = request
-
-
-def _cancelled(request: Request, note: str) -> RowResult:
-    return RowResult(
-        key=request.key, status=RowStatus.CANCELLED, error=note, error_type=ErrorType.CANCELLED
-    )
