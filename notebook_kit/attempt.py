@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 
 from .clock import Clock
@@ -20,6 +21,7 @@ from .streaming import Chunks
 from .types import Completion, ErrorType, Request
 
 log = logging.getLogger("notebook_kit")
+CHUNK_EVENT_S = 0.1  # a streamed row's text reaches listeners (the peek) this often at most
 
 
 class Attempts:
@@ -131,9 +133,17 @@ class Attempts:
         on_text: Callable[[str], None] | None = None
         if self._events.wants(ChunkReceived):
             since, emit, step = self._since, self._emit, self._step
+            emitted, last = 0, -math.inf  # pieces already sent in an event; when
 
             def on_text(delta: str) -> None:
-                emit(ChunkReceived(clock.now() - since, key, delta, step))
+                """At most one event per CHUNK_EVENT_S per row, with the text since the
+                last: an event per chunk cost the peek ~10 % of a fast stream's CPU."""
+                nonlocal emitted, last
+                now = clock.now()
+                if now - last >= CHUNK_EVENT_S:
+                    parts = chunks.parts
+                    emit(ChunkReceived(now - since, key, "".join(parts[emitted:]), step))
+                    emitted, last = len(parts), now
 
         chunks = Chunks(clock, idle, on_text)
         try:

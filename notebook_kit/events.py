@@ -10,7 +10,7 @@ subscriber that does not ask for them never sees them.
     AttemptStarted    one request goes out
     AttemptFinished   it came back: outcome, tokens, cost, and the wait before a retry
     RowFinished       the row's final result (also for cache, dedupe and input rows)
-    ChunkReceived     a piece of a streamed reply (only made when someone listens)
+    ChunkReceived     new text of a streamed reply, a few times a second (when someone listens)
     LimitChanged      the concurrency limit moved (slider or 429s)
     BatchChanged      a provider batch job was submitted, moved on, or ended (batch mode)
     Paused, Resumed   by the user or at the budget
@@ -80,11 +80,12 @@ class RowFinished(NamedTuple):
 
 
 class ChunkReceived(NamedTuple):
-    """A piece of a streamed reply (made only when someone listens: the panel's peek)."""
+    """New text of a streamed reply (made only when someone listens: the panel's peek), at
+    most every `attempt.CHUNK_EVENT_S` per row: the pieces that came since the last one."""
 
     t: float
     key: int
-    text: str  # the new piece, not the text so far
+    text: str  # the new text, not the text so far
     step: str | None = None
 
 
