@@ -132,7 +132,9 @@ class Job:
     @property
     def running(self) -> bool:
         """Not finished yet, and still able to finish (its task and loop are alive)."""
-        if self.result is not None or (self.task is not None and self.task.done()):
+        if self.result is not None or self._failed:
+            return False
+        if self.task is not None and self.task.done():
             return False
         return self._loop is None or not self._loop.is_closed()
 
@@ -234,7 +236,11 @@ class Job:
 
     async def run(self) -> pd.DataFrame:
         started = time.time()
-        engine = self._scheduler()
+        try:
+            engine = self._scheduler()
+        except BaseException:  # e.g. a batch job's database cannot be opened: it never ran
+            self._failed = True
+            raise
         self.report.attach(engine.events)
         with self._starting:
             for handler, kinds in self._subscribers:

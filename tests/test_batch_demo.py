@@ -465,5 +465,7 @@ async def test_an_unwritable_database_is_a_config_error(
     options = {**FAST, "cache": False}
     with pytest.raises(ConfigError, match="cannot be written"):
         await kit.run_df(prompts(2), "prompt", provider=demo(), **options)
+    job = kit.last_job()
+    assert job is not None and job.state == "failed" and job not in kit.jobs()
     with pytest.raises(ConfigError, match="cannot be written"):
         kit.batches()
