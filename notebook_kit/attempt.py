@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from collections.abc import Callable
 
 from .clock import Clock
 from .deadline import Deadline
 from .errors import CallError
-from .events import AttemptFinished, AttemptStarted, ChunkReceived, EventBus
+from .events import AttemptFinished, AttemptStarted, EventBus, StreamOpened
 from .meters import AttemptOutcome
 from .pricing import cost_of
 from .providers.base import Session
@@ -21,7 +19,6 @@ from .streaming import Chunks
 from .types import Completion, ErrorType, Request
 
 log = logging.getLogger("notebook_kit")
-CHUNK_EVENT_S = 0.1  # a streamed row's text reaches listeners (the peek) this often at most
 
 
 class Attempts:
@@ -125,27 +122,14 @@ class Attempts:
 
     async def _stream(self, row: Row, started: float) -> Completion:
         """The reply read chunk by chunk: idle and whole-request deadlines, time to first
-        token, and each piece to whoever listens (the panel's peek)."""
+        token, and the text so far for whoever listens (the panel's peek)."""
         assert self._whole is not None
         clock, key = self._clock, row.request.key
         whole = Deadline(self._whole, clock)
         idle = Deadline(self._timeout, clock, idle=True)
-        on_text: Callable[[str], None] | None = None
-        if self._events.wants(ChunkReceived):
-            since, emit, step = self._since, self._emit, self._step
-            emitted, last = 0, -math.inf  # pieces already sent in an event; when
-
-            def on_text(delta: str) -> None:
-                """At most one event per CHUNK_EVENT_S per row, with the text since the
-                last: an event per chunk cost the peek ~10 % of a fast stream's CPU."""
-                nonlocal emitted, last
-                now = clock.now()
-                if now - last >= CHUNK_EVENT_S:
-                    parts = chunks.parts
-                    emit(ChunkReceived(now - since, key, "".join(parts[emitted:]), step))
-                    emitted, last = len(parts), now
-
-        chunks = Chunks(clock, idle, on_text)
+        chunks = Chunks(clock, idle)
+        if self._events.wants(StreamOpened):  # the peek reads its text when it refreshes
+            self._emit(StreamOpened(started - self._since, key, chunks, self._step))
         try:
             async with whole, idle:
                 completion = await self._session.stream(row.request, chunks)

@@ -10,7 +10,7 @@ subscriber that does not ask for them never sees them.
     AttemptStarted    one request goes out
     AttemptFinished   it came back: outcome, tokens, cost, and the wait before a retry
     RowFinished       the row's final result (also for cache, dedupe and input rows)
-    ChunkReceived     new text of a streamed reply, a few times a second (when someone listens)
+    StreamOpened      a streamed reply began: its live text, for the peek to read (on demand)
     LimitChanged      the concurrency limit moved (slider or 429s)
     BatchChanged      a provider batch job was submitted, moved on, or ended (batch mode)
     Paused, Resumed   by the user or at the budget
@@ -79,13 +79,14 @@ class RowFinished(NamedTuple):
     source: Source = "call"
 
 
-class ChunkReceived(NamedTuple):
-    """New text of a streamed reply (made only when someone listens: the panel's peek), at
-    most every `attempt.CHUNK_EVENT_S` per row: the pieces that came since the last one."""
+class StreamOpened(NamedTuple):
+    """A streamed reply began (made only when someone listens: the panel's peek). `chunks`
+    is its live `streaming.Chunks`: read it on the run's loop; it grows until the attempt's
+    AttemptFinished. Nothing is published per chunk."""
 
     t: float
     key: int
-    text: str  # the new text, not the text so far
+    chunks: Any
     step: str | None = None
 
 

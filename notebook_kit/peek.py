@@ -1,64 +1,62 @@
-"""The panel's peek: the last words of up to five replies streaming now, refreshed at most
-ten times a second (on the run's own clock: the events' `t`), never once per token."""
+"""The panel's peek: the last words of up to five replies streaming now. It keeps a view of
+each one's text (`StreamOpened`) and reads it only when the panel refreshes, a few times a
+second: nothing is done per token."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from .events import AttemptFinished, ChunkReceived, Event
+from .events import AttemptFinished, Event, StreamOpened
 
 TAIL = 80  # characters of each reply shown
 ROWS = 5  # replies shown at once
-INTERVAL = 0.1  # seconds between two refreshes at least
 MAX_ROWS = 10_000  # a run over this many rows has no peek unless asked: tokens are many
 
 Tails = list[tuple[str, str]]  # (which row, the end of its reply so far)
 
 
 class Peek:
-    """Keeps the tails of the replies streaming now and hands them to `show`, throttled."""
+    """The replies streaming now; `refresh()` hands their tails to `show` when they
+    changed."""
 
-    def __init__(self, show: Callable[[Tails], None], *, interval: float = INTERVAL) -> None:
+    kinds = (StreamOpened, AttemptFinished)  # the events it reads
+
+    def __init__(self, show: Callable[[Tails], None]) -> None:
         self._show = show
-        self._interval = interval
-        self._tails: dict[tuple[str | None, int], str] = {}
-        self._shown_at = float("-inf")
-        self._dirty = False
-
-    kinds = (ChunkReceived, AttemptFinished)  # the events it reads
+        self._streams: dict[tuple[str | None, int], Any] = {}  # -> its live Chunks
+        self._shown: Tails = []
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, ChunkReceived):
-            self._chunk(event)
+        if isinstance(event, StreamOpened):
+            if len(self._streams) < ROWS:
+                self._streams[(event.step, event.key)] = event.chunks
         elif isinstance(event, AttemptFinished):
-            self._attempt_finished(event)
+            self._streams.pop((event.step, event.key), None)
 
     def view(self) -> Tails:
-        return [(_label(step, key), tail) for (step, key), tail in self._tails.items()]
+        return [
+            (_label(step, key), _tail(chunks.parts))
+            for (step, key), chunks in self._streams.items()
+        ]
 
-    def flush(self) -> None:
-        """Show what changed since the last refresh (at the end of the run)."""
-        if self._dirty:
-            self._dirty = False
-            self._show(self.view())
+    def refresh(self) -> None:
+        """Show the tails now, if they changed since the last time (on the run's loop)."""
+        tails = self.view()
+        if tails != self._shown:
+            self._shown = tails
+            self._show(tails)
 
-    def _chunk(self, event: ChunkReceived) -> None:
-        where = (event.step, event.key)
-        tail = self._tails.get(where)
-        if tail is None and len(self._tails) >= ROWS:
-            return
-        self._tails[where] = ((tail or "") + event.text)[-TAIL:]
-        self._changed(event.t)
 
-    def _attempt_finished(self, event: AttemptFinished) -> None:
-        if self._tails.pop((event.step, event.key), None) is not None:
-            self._changed(event.t)
-
-    def _changed(self, t: float) -> None:
-        self._dirty = True
-        if t - self._shown_at >= self._interval:
-            self._shown_at = t
-            self.flush()
+def _tail(parts: list[str]) -> str:
+    """The last TAIL characters of the text in `parts`, joining only the pieces needed."""
+    pieces, size = [], 0
+    for piece in reversed(parts):
+        pieces.append(piece)
+        size += len(piece)
+        if size >= TAIL:
+            break
+    return "".join(reversed(pieces))[-TAIL:]
 
 
 def _label(step: str | None, key: int) -> str:

@@ -25,7 +25,6 @@ from .errors import RunError
 from .events import (
     AttemptFinished,
     AttemptStarted,
-    ChunkReceived,
     EventBus,
     LimitChanged,
     Paused,
@@ -34,6 +33,7 @@ from .events import (
     RowStarted,
     RunFinished,
     StopRequested,
+    StreamOpened,
 )
 from .meters import BudgetMeter
 from .meters.assembly import Shared, rate_meters
@@ -51,7 +51,7 @@ FORWARDED = (
     AttemptFinished,
     RowFinished,
     LimitChanged,
-    ChunkReceived,
+    StreamOpened,
 )
 # a pipeline's request counters: the sums of its steps'
 FUNCTION_GRACE = 5.0  # seconds a cancelled function step gets to end before the run ends

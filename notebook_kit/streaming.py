@@ -1,14 +1,12 @@
-"""A streamed reply as it arrives: its text so far, when its first token came, and what the
-idle timeout and the panel's peek need from each chunk.
+"""A streamed reply as it arrives: its text so far, when its first token came, and the idle
+timeout's touch for each chunk.
 
 Providers call `chunks.text(delta)` for each piece of content and `chunks.alive()` for any
-other chunk; the attempt gives the sink its idle deadline and, when someone listens, a
-callback per piece. Kept small: it runs once per chunk.
+other chunk. The panel's peek reads `parts` when it refreshes: nothing else is done per
+chunk. Kept small: it runs once per chunk.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from .clock import Clock
 from .deadline import Deadline
@@ -19,14 +17,11 @@ PARTIAL_CHARS = 200  # of a cut stream's text, kept in the row's error
 class Chunks:
     """The pieces of one streamed reply."""
 
-    __slots__ = ("_clock", "_idle", "_on_text", "first_at", "parts")
+    __slots__ = ("_clock", "_idle", "first_at", "parts")
 
-    def __init__(
-        self, clock: Clock, idle: Deadline, on_text: Callable[[str], None] | None = None
-    ) -> None:
+    def __init__(self, clock: Clock, idle: Deadline) -> None:
         self._clock = clock
         self._idle = idle
-        self._on_text = on_text
         self.first_at: float | None = None  # when the first content arrived, on the clock
         self.parts: list[str] = []
 
@@ -38,8 +33,6 @@ class Chunks:
         if self.first_at is None:
             self.first_at = self._clock.now()
         self.parts.append(delta)
-        if self._on_text is not None:
-            self._on_text(delta)
 
     def alive(self) -> None:
         """A chunk without content (a role, usage, a ping): the server is still there."""

@@ -131,6 +131,8 @@ class _JobPanel(_Callbacks, Ticker):
 
     def tick(self, n: int) -> None:
         self.show()
+        if self.peek is not None:
+            self.peek.refresh()
 
     def closed(self, error: BaseException | None) -> None:
         if self.pause.value:  # a run that ended while paused: the button pops back out
