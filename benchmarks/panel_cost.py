@@ -17,7 +17,8 @@ That difference is small and the machine is shared, so direct figures stand besi
 loop thread's CPU inside the panel's own methods (made and shown, ticks, closed; by
 `time.thread_time()`), and the IOPub thread's CPU (/proc/self/task, 10 ms clock ticks), on
 minus off. They leave out what the panel makes the run do elsewhere: for a streaming run,
-the event per chunk its peek listens to, which the contender "on, no peek" isolates.
+what its peek costs the run (one StreamOpened per reply, read at each refresh), which the
+contender "on, no peek" isolates.
 
 Sources (each first finds its fastest concurrency and sizes N for about `--seconds`):
 - demo: DemoProvider(latency=0), no HTTP: the highest row rate the kit reaches;
