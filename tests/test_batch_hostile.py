@@ -26,7 +26,7 @@ def openai_batches() -> OpenAIBatches:
 
 
 def anthropic_batches() -> AnthropicBatches:
-    return AnthropicBatches(None, anthropic, Redactor(KEY))
+    return AnthropicBatches(None, anthropic, Redactor(KEY), None)
 
 
 def line(record: object) -> bytes:

@@ -5,19 +5,15 @@ polled by `processing_status`, read from the results file the SDK finds at `resu
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CallError
-from ..providers import AnthropicProvider
 from ..providers.anthropic_messages import _completion, output_format, split_system
 from ..providers.replies import invalid, label, token_count
 from ..providers.status import ErrorBody, status_error
-from ..secrets import Redactor
 from ..types import BatchStatus, ErrorType, Request
-from .openai_batches import CONTROL_TIMEOUT_S, _json_line
-from .sdk_errors import guarded
+from .sdk_batches import SDKBatches, json_line
 from .service import Outcome
 
 # An errored row's error type, as the HTTP status the same error has online.
@@ -34,31 +30,11 @@ ERROR_STATUS = {
 }
 
 
-class AnthropicBatches:
+class AnthropicBatches(SDKBatches):
     """The Message Batches API of one Anthropic account."""
 
-    poll_s = 10.0
-
-    def __init__(self, client: Any, sdk: Any, redact: Redactor) -> None:
-        self._client = client
-        self._sdk = sdk
-        self._redact = redact
-
-    @classmethod
-    @asynccontextmanager
-    async def opened(cls, provider: AnthropicProvider) -> AsyncIterator[AnthropicBatches]:
-        import anthropic
-
-        client = anthropic.AsyncAnthropic(
-            api_key=provider._api_key.reveal(),
-            base_url=provider._base_url,
-            max_retries=2,
-            timeout=CONTROL_TIMEOUT_S,
-        )
-        try:
-            yield cls(client, anthropic, provider.redact)
-        finally:
-            await client.close()
+    sdk = "anthropic"
+    client_class = "AsyncAnthropic"
 
     async def check(self) -> None:
         return None  # Anthropic's API always has batches; a 404 at create says otherwise
@@ -74,7 +50,7 @@ class AnthropicBatches:
             body.update(extra)
         if request.schema is not None:
             body["output_config"] = {"format": output_format(request.schema)}
-        return _json_line({"custom_id": custom_id, "params": body})
+        return json_line({"custom_id": custom_id, "params": body})
 
     async def submit(self, items: Sequence[bytes], *, run_id: str, claim: str) -> BatchStatus:
         requests = [json.loads(item) for item in items]
@@ -101,9 +77,6 @@ class AnthropicBatches:
 
     async def cancel(self, batch_id: str) -> None:
         await self._call(self._client.messages.batches.cancel(batch_id))
-
-    async def _call(self, call: Any) -> Any:
-        return await guarded(call, self._sdk, self._redact)
 
     def _status(self, batch: Any, total: int | None = None) -> BatchStatus:
         counts = getattr(batch, "request_counts", None)

@@ -18,7 +18,7 @@ from typing import Any, cast
 from ..errors import CallError, ConfigError
 from ..providers.demo import DemoProvider, reply, structured_reply
 from ..types import BatchStatus, ErrorType, OutputSchema, Request
-from .openai_batches import _json_line
+from .sdk_batches import json_line
 from .service import Outcome
 
 EXPIRES_S = 24 * 3600.0
@@ -59,7 +59,7 @@ class DemoBatches:
             "params": request.params,
             "schema": schema,
         }
-        return _json_line(item)
+        return json_line(item)
 
     async def submit(self, items: Sequence[bytes], *, run_id: str, claim: str) -> BatchStatus:
         batch_id = f"demobatch_{uuid.uuid4().hex[:16]}"

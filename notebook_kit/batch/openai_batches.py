@@ -5,18 +5,16 @@ files (in no particular order: matched by custom id)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CallError, ConfigError
-from ..providers import OpenAIProvider
 from ..providers.openai_chat import _completion, response_format
 from ..providers.replies import invalid, label, token_count
 from ..providers.status import ErrorBody, status_error
 from ..secrets import Redactor
 from ..types import BatchStatus, ErrorType, Request
-from .sdk_errors import guarded
+from .sdk_batches import SDKBatches, json_line
 from .service import Outcome
 
 ENDPOINT = "/v1/chat/completions"
@@ -31,35 +29,13 @@ STATES = {
     "cancelled": "cancelled",
 }
 WAVE_CODE = "token_limit_exceeded"  # too many tokens enqueued: submit once others end
-CONTROL_TIMEOUT_S = 600.0  # an upload of 200 MB may take minutes
 
 
-class OpenAIBatches:
+class OpenAIBatches(SDKBatches):
     """The Batch API of one OpenAI account (or a compatible server that has it)."""
 
-    poll_s = 10.0
-
-    def __init__(self, client: Any, sdk: Any, redact: Redactor, base_url: str | None) -> None:
-        self._client = client
-        self._sdk = sdk
-        self._redact = redact
-        self._base_url = base_url
-
-    @classmethod
-    @asynccontextmanager
-    async def opened(cls, provider: OpenAIProvider) -> AsyncIterator[OpenAIBatches]:
-        import openai
-
-        client = openai.AsyncOpenAI(
-            api_key=provider._api_key.reveal(),
-            base_url=provider._base_url,
-            max_retries=2,  # the SDK's retries suit these few control calls
-            timeout=CONTROL_TIMEOUT_S,
-        )
-        try:
-            yield cls(client, openai, provider.redact, provider._base_url)
-        finally:
-            await client.close()
+    sdk = "openai"
+    client_class = "AsyncOpenAI"
 
     async def check(self) -> None:
         try:
@@ -82,7 +58,7 @@ class OpenAIBatches:
         if request.schema is not None:
             body["response_format"] = response_format(request.schema)
         line = {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}
-        return _json_line(line)
+        return json_line(line)
 
     async def submit(self, items: Sequence[bytes], *, run_id: str, claim: str) -> BatchStatus:
         data = b"\n".join(items) + b"\n"
@@ -132,9 +108,6 @@ class OpenAIBatches:
 
     async def cancel(self, batch_id: str) -> None:
         await self._call(self._client.batches.cancel(batch_id))
-
-    async def _call(self, call: Any) -> Any:
-        return await guarded(call, self._sdk, self._redact)
 
     def _status(self, batch: Any, total: int | None = None) -> BatchStatus:
         counts = getattr(batch, "request_counts", None)
@@ -202,17 +175,6 @@ def row_error(info: ErrorBody, redact: Redactor) -> CallError:
             ErrorType.CANCELLED, f"the batch was cancelled before this row ran: {text}"
         )
     return CallError(ErrorType.SERVER, f"the batch could not run this row: {text}")
-
-
-def _json_line(record: dict[str, Any]) -> bytes:
-    """One JSONL line, or `CallError` for a row JSON cannot carry."""
-    try:
-        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except (TypeError, ValueError, UnicodeEncodeError) as exc:
-        kind = type(exc).__name__
-        raise CallError(
-            ErrorType.INVALID_INPUT, f"the row cannot be written into a batch ({kind})"
-        ) from None
 
 
 def _seconds(value: object) -> float | None:

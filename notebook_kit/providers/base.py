@@ -252,23 +252,28 @@ class SDKSession(ABC):
         raise error
 
     def _error(self, exc: Exception) -> CallError | None:
-        sdk = self._sdk
-        if isinstance(exc, CallError):
-            return exc
-        if isinstance(exc, sdk.APIStatusError) and exc.status_code < 400:  # an error event
-            return stream_error(exc.body, self._redact)
-        if isinstance(exc, sdk.APIStatusError):
-            return status_error(
-                exc.status_code,
-                exc.body,
-                headers=exc.response.headers,
-                request_id=exc.request_id,
-                redact=self._redact,
-            )
-        if isinstance(exc, sdk.APIConnectionError) or is_transport(exc):  # timeouts too
-            return transport_error(exc, self._redact)
-        if isinstance(exc, sdk.APIError):  # openai: an error record inside a stream
-            return stream_error(exc.body, self._redact)
-        if isinstance(exc, UnicodeEncodeError):
-            return CallError(ErrorType.INVALID_INPUT, "the prompt holds text that is not UTF-8")
-        return None
+        return sdk_error(exc, self._sdk, self._redact)
+
+
+def sdk_error(exc: Exception, sdk: Any, redact: Redactor) -> CallError | None:
+    """The `CallError` an exception of an official SDK (openai, anthropic: same error
+    classes) or of its HTTP library means; None for any other exception."""
+    if isinstance(exc, CallError):
+        return exc
+    if isinstance(exc, sdk.APIStatusError) and exc.status_code < 400:  # an error event
+        return stream_error(exc.body, redact)
+    if isinstance(exc, sdk.APIStatusError):
+        return status_error(
+            exc.status_code,
+            exc.body,
+            headers=exc.response.headers,
+            request_id=exc.request_id,
+            redact=redact,
+        )
+    if isinstance(exc, sdk.APIConnectionError) or is_transport(exc):  # timeouts too
+        return transport_error(exc, redact)
+    if isinstance(exc, sdk.APIError):  # openai: an error record inside a stream
+        return stream_error(exc.body, redact)
+    if isinstance(exc, UnicodeEncodeError):
+        return CallError(ErrorType.INVALID_INPUT, "the prompt holds text that is not UTF-8")
+    return None
