@@ -28,6 +28,9 @@ BACKOFF = 0.9  # the rate after a 429, as a share of what the server accepted
 GROWTH = 0.01  # per second without a 429, as a share of the rate after the cut
 WINDOW = 5.0  # seconds of accepted replies that measure what the server takes
 CALM = 1.0  # seconds after a cut during which more 429s belong to the same overload
+# the shortest span a rate is measured over: early in a run a cut errs high, since a rate set
+# too high is cut again at the next 429 while one set too low creeps back at GROWTH
+MIN_SPAN = 0.05
 
 
 class LearnedRate:
@@ -44,22 +47,28 @@ class LearnedRate:
         self._lock = asyncio.Lock()  # FIFO: starts are granted in arrival order
         self.told = False  # a reply carried rate-limit headers: they pace the run instead
 
-    async def acquire(self, request: Request) -> None:
+    async def acquire(self, request: Request) -> float | None:
+        """Wait for the request's start slot; returns the slot's length (None: no pacing)."""
         if self._first_start is None:
             self._first_start = self._clock.now()
         if self.rate is None:
-            return
+            return None
         async with self._lock:
             rate = self._current()
             if rate is None:
-                return
+                return None
             delay = self._next_start - self._clock.now()
             if delay > 0:
                 await self._clock.sleep(delay)
             self._next_start = max(self._next_start, self._clock.now()) + 1.0 / rate
+            return 1.0 / rate
 
     def release(self, held: object, outcome: AttemptOutcome) -> None:
-        if not outcome.sent or self.told:
+        if not outcome.sent:  # a slot not used (the gate closed, a pause): given back
+            if isinstance(held, float):
+                self._next_start = max(self._clock.now(), self._next_start - held)
+            return
+        if self.told:
             return
         completion, error = outcome.completion, outcome.error
         if completion is not None and completion.rate is not None:
@@ -78,7 +87,7 @@ class LearnedRate:
         if now < self._cut_at + CALM:
             return
         since = now - (self._first_start if self._first_start is not None else now)
-        span = max(1.0, min(WINDOW, since))
+        span = max(MIN_SPAN, min(WINDOW, since))
         recent = sum(1 for t in self._accepted if t >= now - span)
         current = self._current()
         if recent:
