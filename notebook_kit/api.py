@@ -19,7 +19,8 @@ from .batch_panel import BatchPanel
 from .cache import Cache
 from .config import RunConfig, whole
 from .errors import ConfigError, RunError
-from .job import FrameJob, Job
+from .frame_job import FrameJob
+from .job import Job
 from .kernel import cell_id, controls_live_while_awaiting, display_in_cell, in_notebook
 from .loops import run_blocking
 from .options import (

@@ -11,7 +11,7 @@ from .batch.parts import account, by_position, position_of
 from .cache import Cache
 from .config import RunConfig
 from .errors import ConfigError
-from .job import FrameJob
+from .frame_job import FrameJob
 from .providers import resolve
 
 

@@ -12,7 +12,7 @@ from .types import BatchStatus
 from .ui import _JobPanel
 
 if TYPE_CHECKING:
-    from .job import FrameJob
+    from .frame_job import FrameJob
     from .reporting import Snapshot
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 from . import frame as frames, history
 from .config import RunConfig
 from .errors import ConfigError
-from .job import FrameJob
+from .frame_job import FrameJob
 from .options import checked, chosen_cache, inputs, run_config
 from .providers import resolve
 from .types import ErrorType

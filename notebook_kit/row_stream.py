@@ -22,7 +22,8 @@ from .events import RowFinished, RunFinished, StopRequested
 from .types import RowResult
 
 if TYPE_CHECKING:
-    from .job import FrameJob, Job
+    from .frame_job import FrameJob
+    from .job import Job
     from .types import Request
 
 _END = object()

@@ -19,7 +19,8 @@ from .progress import Ticker
 
 if TYPE_CHECKING:
     from .config import RunConfig
-    from .job import FrameJob, Job
+    from .frame_job import FrameJob
+    from .job import Job
     from .pipeline_job import PipelineJob
     from .reporting import Snapshot
     from .session import SessionDefaults

@@ -189,7 +189,7 @@ async def test_a_pipeline_step_can_stream() -> None:
 
 def test_a_run_over_ten_thousand_rows_has_no_peek() -> None:
     from notebook_kit.api import _job
-    from notebook_kit.job import FrameJob
+    from notebook_kit.frame_job import FrameJob
     from notebook_kit.ui import Panel
 
     big = _job(prompts(10_001), "prompt", {"stream": True, "provider": "demo"}, entry="start")
