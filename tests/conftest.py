@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import openai
 import pytest
 from fake_server import FakeLLMServer
 
@@ -90,6 +92,24 @@ def no_real_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NOTEBOOK_KIT_CACHE", str(tmp_path / "cache.sqlite"))
+
+
+@pytest.fixture
+async def oai(server: FakeLLMServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The openai SDK's client on the (module's) fake server, without the SDK's retries."""
+    client = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key=KEY, max_retries=0)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def claude(server: FakeLLMServer) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    """The anthropic SDK's client on the (module's) fake server, without its retries."""
+    client = anthropic.AsyncAnthropic(
+        base_url=server.anthropic_base_url, api_key=KEY, max_retries=0
+    )
+    yield client
+    await client.close()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
@@ -63,22 +63,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 def server() -> Iterator[FakeLLMServer]:
     with FakeLLMServer(api_key=KEY, seed=7, batch_seconds=0.3) as fake:
         yield fake
-
-
-@pytest.fixture
-async def oai(server: FakeLLMServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    client = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key=KEY, max_retries=0)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def claude(server: FakeLLMServer) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    client = anthropic.AsyncAnthropic(
-        base_url=server.anthropic_base_url, api_key=KEY, max_retries=0
-    )
-    yield client
-    await client.close()
 
 
 def line(custom_id: str, prompt: str, model: str = MODEL, **body: Any) -> dict[str, Any]:

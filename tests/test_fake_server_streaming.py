@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -32,22 +31,6 @@ class Verdict(pydantic.BaseModel):
 
 
 SCHEMA = Verdict.model_json_schema()
-
-
-@pytest.fixture
-async def oai(server: FakeLLMServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    client = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key=KEY, max_retries=0)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def claude(server: FakeLLMServer) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    client = anthropic.AsyncAnthropic(
-        base_url=server.anthropic_base_url, api_key=KEY, max_retries=0
-    )
-    yield client
-    await client.close()
 
 
 def openai_messages(prompt: str) -> list[ChatCompletionMessageParam]:

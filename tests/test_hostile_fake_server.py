@@ -4,7 +4,6 @@ verbatim Retry-After headers, and the system prompt each request carried."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import aiohttp
 import anthropic
@@ -20,22 +19,6 @@ pytestmark = pytest.mark.usefixtures("request_path")  # the lean path and the SD
 
 MODEL = "test-model"
 Raw = tuple[int, CIMultiDict[str], bytes]
-
-
-@pytest.fixture
-async def oai(server: FakeLLMServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    client = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key=KEY, max_retries=0)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def claude(server: FakeLLMServer) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    client = anthropic.AsyncAnthropic(
-        base_url=server.anthropic_base_url, api_key=KEY, max_retries=0
-    )
-    yield client
-    await client.close()
 
 
 async def post(server: FakeLLMServer, path: str, prompt: str) -> Raw:
