@@ -171,30 +171,41 @@ async def test_odd_fields_in_batch_results_lose_no_row() -> None:
     assert result["input_tokens"].isna().all() and result["cost_usd"].isna().all()
 
 
+def cell(tmp_path: Path, fake: FakeLLMServer, rows: int) -> tuple[list[str], dict[str, str]]:
+    """A notebook cell as a script (the command and its environment): a batch run of `rows`
+    rows on the fake server; run with the argument `die`, it dies (os._exit(3)) the moment
+    it would write its created batch down."""
+    script = tmp_path / "cell.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, os, sys
+            import pandas as pd
+            import notebook_kit as kit
+            from notebook_kit.batch.store import BatchStore
+            if sys.argv[1:] == ["die"]:
+                BatchStore.settle_claim = lambda *args: os._exit(3)
+            df = pd.DataFrame({{"prompt": [f"question {{i}}" for i in range({rows})]}})
+            provider = kit.OpenAIProvider(base_url={fake.openai_base_url!r}, api_key={KEY!r})
+            async def main():
+                result = await kit.run_df(
+                    df, "prompt", provider=provider, mode="batch", batch_poll_s=0.05,
+                    progress=False)
+                print("RESULT", result["status"].tolist())
+            asyncio.run(main())
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return [sys.executable, str(script)], env
+
+
 def test_a_killed_kernel_is_reattached_and_the_server_sees_one_batch(tmp_path: Path) -> None:
     """A process creates the batch and is killed; the same code in a new process reattaches:
     the server sees exactly one batch created."""
     with FakeLLMServer(api_key=KEY, batch_seconds=2.0) as fake:
-        script = tmp_path / "cell.py"
-        script.write_text(
-            textwrap.dedent(
-                f"""
-                import asyncio
-                import pandas as pd
-                import notebook_kit as kit
-                df = pd.DataFrame({{"prompt": [f"question {{i}}" for i in range(8)]}})
-                provider = kit.OpenAIProvider(base_url={fake.openai_base_url!r}, api_key={KEY!r})
-                async def main():
-                    result = await kit.run_df(
-                        df, "prompt", provider=provider, mode="batch", batch_poll_s=0.05,
-                        progress=False)
-                    print("RESULT", result["status"].tolist())
-                asyncio.run(main())
-                """
-            )
-        )
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-        first = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL)
+        command, env = cell(tmp_path, fake, 8)
+        first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
         for _ in range(500):
             if fake.stats()["batch_retrieves"] >= 1:  # created, written down, polled
                 break
@@ -202,9 +213,7 @@ def test_a_killed_kernel_is_reattached_and_the_server_sees_one_batch(tmp_path: P
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert fake.stats()["batches_created"] == 1
-        second = subprocess.run(
-            [sys.executable, str(script)], env=env, capture_output=True, text=True, check=True
-        )
+        second = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
         assert "RESULT " + str(["ok"] * 8) in second.stdout
         assert fake.stats()["batches_created"] == 1
 
@@ -246,32 +255,9 @@ def test_a_kernel_killed_between_create_and_write_is_found_by_its_claim(tmp_path
     """The batch exists at the provider, but the process died before writing its id: the
     next run finds it by the claim in its metadata instead of creating another."""
     with FakeLLMServer(api_key=KEY, batch_seconds=0.5) as fake:
-        script = tmp_path / "cell.py"
-        script.write_text(
-            textwrap.dedent(
-                f"""
-                import asyncio, os, sys
-                import pandas as pd
-                import notebook_kit as kit
-                from notebook_kit.batch.store import BatchStore
-                if sys.argv[1] == "die":
-                    BatchStore.settle_claim = lambda *args: os._exit(3)
-                df = pd.DataFrame({{"prompt": [f"question {{i}}" for i in range(6)]}})
-                provider = kit.OpenAIProvider(base_url={fake.openai_base_url!r}, api_key={KEY!r})
-                async def main():
-                    result = await kit.run_df(
-                        df, "prompt", provider=provider, mode="batch", batch_poll_s=0.05,
-                        progress=False)
-                    print("RESULT", result["status"].tolist())
-                asyncio.run(main())
-                """
-            )
-        )
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-        died = subprocess.run([sys.executable, str(script), "die"], env=env, check=False)
+        command, env = cell(tmp_path, fake, 6)
+        died = subprocess.run([*command, "die"], env=env, check=False)
         assert died.returncode == 3 and fake.stats()["batches_created"] == 1
-        again = subprocess.run(
-            [sys.executable, str(script), "live"], env=env, capture_output=True, text=True
-        )
+        again = subprocess.run(command, env=env, capture_output=True, text=True)
         assert "RESULT " + str(["ok"] * 6) in again.stdout, again.stderr
         assert fake.stats()["batches_created"] == 1
