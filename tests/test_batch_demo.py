@@ -469,3 +469,16 @@ async def test_an_unwritable_database_is_a_config_error(
     assert job is not None and job.state == "failed" and job not in kit.jobs()
     with pytest.raises(ConfigError, match="cannot be written"):
         kit.batches()
+
+
+async def test_a_batch_damaged_or_deleted_mid_run_fails_its_rows_and_the_run_goes_on() -> None:
+    job = kit.start(prompts(6), "prompt", provider=demo(seconds=2), panel=False, **FAST)
+    await eventually(lambda: bool(demo_batches()))
+    (path,) = (cache_dir() / "demo_batches").glob("*.json")
+    path.write_text("{ not json")  # damaged at the provider's side
+    result = await job
+    assert (result["status"] == "error").all() and result["error_type"].eq("server").all()
+    assert result["error"].str.contains("no longer has this batch").all()
+    assert kit.batches()["state"].tolist() == ["lost"]
+    again = await kit.retry_failed(result, provider=demo(latency=0))
+    assert (again["status"] == "ok").all()

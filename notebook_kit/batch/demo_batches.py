@@ -76,8 +76,11 @@ class DemoBatches:
 
     async def find(self, claim: str) -> BatchStatus | None:
         for path in sorted(self._folder.glob("demobatch_*.json")):
-            record = json.loads(path.read_text("utf-8"))
-            if record.get("claim") == claim:
+            try:
+                record = json.loads(path.read_text("utf-8"))
+            except (OSError, ValueError):  # damaged: as if gone
+                continue
+            if isinstance(record, dict) and record.get("claim") == claim:
                 return _status(path.stem, record)
         return None
 
@@ -124,11 +127,15 @@ class DemoBatches:
 
     def _read(self, batch_id: str) -> dict[str, Any]:
         try:
-            data: dict[str, Any] = json.loads(self._path(batch_id).read_text("utf-8"))
+            data = json.loads(self._path(batch_id).read_text("utf-8"))
         except FileNotFoundError:
+            data = None
+        except (OSError, ValueError):  # damaged (edited, a disk error): as if gone
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("items"), list):
             raise CallError(
                 ErrorType.NOT_FOUND, f"HTTP 404: no demo batch {batch_id} in {self._folder}"
-            ) from None
+            )
         return data
 
     def _write(self, batch_id: str, record: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from ..types import BatchStatus, Completion, Request
 from .parts import Part
 from .results import row_result
 from .rows import BatchRows
-from .service import BatchService, unanswered
+from .service import LOST, BatchService, unanswered
 from .store import BatchStore
 
 log = logging.getLogger("notebook_kit")
@@ -48,8 +48,9 @@ class Reader:
         if status.state == "failed" and (failure := unanswered(status)).fatal:
             self._abort(failure)
         lost: CallError | None = None
-        try:
-            outcomes = await service.results(status.batch_id, part.model)
+        try:  # a batch that failed as a whole answered no row
+            failed = status.state == "failed"
+            outcomes = {} if failed else await service.results(status.batch_id, part.model)
         except CallError as exc:
             part.collect_failures += 1
             if exc.fatal:
@@ -65,7 +66,9 @@ class Reader:
             self.answer(
                 part, custom_id, key, request, outcomes.get(custom_id) or lost or unanswered(status)
             )
-        await self.read(part, outcomes, status if lost is None else None)
+        await self.read(part, outcomes, status if lost is None and not failed else None)
+        if failed and status.error_code != LOST:  # a lost one is marked so already
+            self.update(status, collected=True)
         return True
 
     async def salvage(

@@ -35,7 +35,7 @@ from .parts import Part, account, again, attached, planned, reattached
 from .reading import Reader
 from .results import cancelled, row_result
 from .rows import BatchRows
-from .service import BATCH_LIMITS, BatchService, open_service
+from .service import BATCH_LIMITS, LOST, BatchService, open_service
 from .store import BatchStore, StoredBatch
 from .submission import Submitter
 
@@ -43,6 +43,7 @@ log = logging.getLogger("notebook_kit")
 Item = Request | RowResult
 POLL_GROWTH = 1.5
 POLL_CAP = 6.0  # the longest wait between polls, in first waits (10 s -> 60 s)
+GONE = "the provider no longer has this batch; retry_failed(result) sends its rows again"
 UNREAD = frozenset({"cancelled", "expired", "failed"})  # ended without answering every row
 
 
@@ -372,6 +373,9 @@ class BatchRun:
         try:
             status = await service.poll(part.status.batch_id)
         except CallError as exc:
+            if exc.error_type is ErrorType.NOT_FOUND:  # gone (deleted, a damaged demo file)
+                self._reader.lost(part.status)
+                return replace(part.status, state="failed", error_code=LOST, error=GONE)
             if exc.fatal:
                 self._abort(exc)
                 raise self.run_error from None  # type: ignore[misc]

@@ -115,12 +115,14 @@ def open_service(provider: Provider, *, home: Path) -> AbstractAsyncContextManag
     )
 
 
+LOST = "batch_lost"  # the error code of a batch the provider no longer has (stored "lost")
 # A failed batch's error code (OpenAI's `errors.data[].code`), as the error type its rows get.
 FAILED_BATCH = {
     "model_not_found": ErrorType.NOT_FOUND,
     "invalid_api_key": ErrorType.AUTH,
     "insufficient_quota": ErrorType.QUOTA,
     "billing_hard_limit_reached": ErrorType.QUOTA,
+    LOST: ErrorType.SERVER,  # deleted at the provider mid-run: worth sending again
 }
 
 
