@@ -18,6 +18,7 @@ from ..streaming import Chunks
 from ..types import Completion, OutputSchema, RateInfo, Request
 from .base import SDK_TIMEOUT_SLACK, Provider, SDKSession, check_sdk_params, rate_info, refuses
 from .fast_http import FastPost
+from .fast_stream import anthropic_record
 from .replies import invalid, label, reply_json, text_of, usage_of
 from .stream_readers import FINISH_REASONS, EventReader
 
@@ -28,7 +29,7 @@ DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this is used when no
 
 class AnthropicProvider(Provider):
     """Messages over the official SDK (aiohttp transport, SDK retries off); `fast` as for
-    `OpenAIProvider`."""
+    `OpenAIProvider` (whole and streamed replies)."""
 
     name = "anthropic"
     models = ("claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1")
@@ -150,15 +151,13 @@ class _AnthropicSession(SDKSession):
         self, request: Request, extra: dict[str, Any], *, chunks: Chunks
     ) -> Completion:
         messages, params = self._params(request, extra)
-        raw = await self._client.messages.with_raw_response.create(
-            model=request.model, messages=messages, stream=True, **params
-        )
-        request_id = label(raw.headers.get("request-id"))
+        headers, events = await self._open(request.model, messages, params)
+        request_id = label(headers.get("request-id"))
         reader = EventReader(request.model)
         try:
-            async for event in await raw.parse():
+            async for event in events:
                 reader.read(event, chunks)
-        except ValueError:  # a record that is not JSON
+        except ValueError:  # a record that is not JSON (or not UTF-8)
             raise invalid("malformed stream: an event is not JSON", request_id) from None
         except Exception as exc:  # cut: with the tokens billed so far, when the stream said
             error = self._error(exc)
@@ -166,7 +165,20 @@ class _AnthropicSession(SDKSession):
                 raise
             error.input_tokens, error.output_tokens = reader.input_tokens, reader.output_tokens
             raise error from None
-        return reader.completion(chunks, request_id, rate_info(raw.headers))
+        return reader.completion(chunks, request_id, rate_info(headers))
+
+    async def _open(
+        self, model: str | None, messages: Any, params: dict[str, Any]
+    ) -> tuple[Mapping[str, str], AsyncIterator[Any]]:
+        """A streamed reply's headers and events, by the lean path or the SDK."""
+        if not sdk_warns(model, params):  # a warning is the SDK's to give
+            lean = await self._lean_stream(model, messages, params, anthropic_record)
+            if lean is not None:
+                return lean
+        raw = await self._client.messages.with_raw_response.create(
+            model=model, messages=messages, stream=True, **params
+        )
+        return raw.headers, await raw.parse()
 
 
 def sdk_warns(model: str | None, params: Mapping[str, Any]) -> bool:

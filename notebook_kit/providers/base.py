@@ -8,7 +8,7 @@ import importlib.metadata
 import inspect
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, Protocol
 
@@ -18,6 +18,8 @@ from ..secrets import Redactor
 from ..streaming import Chunks
 from ..types import Completion, ErrorType, OutputSchema, Request
 from .fast_http import Exotic, FastPost
+from .fast_stream import Rule, records
+from .replies import ReplyHeaders
 from .status import (
     ErrorBody,
     rate_info as rate_info,  # where the providers found it first
@@ -202,7 +204,8 @@ class SDKSession(ABC):
     """A run's client of an official SDK (openai, anthropic: same error classes).
 
     Subclasses send one request and read the reply; SDK errors become `CallError`s here.
-    With `fast`, whole replies take the lean path (`fast_http`) where it applies.
+    With `fast`, whole and streamed replies take the lean path (`fast_http`, `fast_stream`)
+    where it applies.
     """
 
     def __init__(
@@ -224,6 +227,21 @@ class SDKSession(ABC):
             return await fast.post({"model": model, "messages": messages, **params})
         except Exotic:
             return None
+
+    async def _lean_stream(
+        self, model: str | None, messages: Any, params: Mapping[str, Any], rule: Rule
+    ) -> tuple[Mapping[str, str], AsyncIterator[Any]] | None:
+        """A streamed reply's headers and records (by the SDK's `rule`) by the lean path;
+        None: send it with the SDK."""
+        fast = self._fast
+        if fast is None or not fast.takes(params):
+            return None
+        try:
+            body = {"model": model, "messages": messages, **params, "stream": True}
+            reply = await fast.open(body)
+        except Exotic:
+            return None
+        return ReplyHeaders(reply.headers), records(fast, reply, rule)
 
     @abstractmethod
     async def _call(self, request: Request) -> Completion:

@@ -123,6 +123,43 @@ class FastPost:
     async def post(self, body: dict[str, Any]) -> tuple[bytes, ReplyHeaders]:
         """Send `body`; its reply's bytes and headers, or the SDK's exception for an error
         reply or a failed connection. `Exotic`: nothing was sent, use the SDK."""
+        data, headers = self._encode(body)
+        try:
+            async with self._http.post(self._url, data=data, headers=headers, **self._send) as r:
+                content = await r.read()
+                status = r.status
+        except Exception as exc:  # as the SDK: every failure to get a reply
+            raise self.failure(exc) from exc
+        if 200 <= status < 300:
+            return content, ReplyHeaders(r.headers)
+        if status < 400:  # a redirect: the SDK's client follows it
+            raise Exotic("redirect")
+        raise self.status_error(status, r.raw_headers, content)
+
+    async def open(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        """Send `body` and return its 2xx reply unread (the caller releases it); the SDK's
+        exception for an error reply or a failed connection; `Exotic` as for `post`."""
+        data, headers = self._encode(body)
+        try:
+            response = await self._http.post(self._url, data=data, headers=headers, **self._send)
+        except Exception as exc:
+            raise self.failure(exc) from exc
+        status = response.status
+        if 200 <= status < 300:
+            return response
+        try:
+            content = await response.read()
+        except Exception as exc:
+            raise self.failure(exc) from exc
+        finally:
+            response.release()
+        if status < 400:
+            raise Exotic("redirect")
+        raise self.status_error(status, response.raw_headers, content)
+
+    def _encode(self, body: dict[str, Any]) -> tuple[bytes, CIMultiDict[str]]:
+        """The JSON of `body` and the headers to send it with (extra_body and extra_headers
+        merged in); `Exotic` for what only the SDK knows how to send."""
         headers = self._headers
         extra_headers = body.pop("extra_headers", None)
         if extra_headers is not None:
@@ -138,31 +175,42 @@ class FastPost:
                 raise Exotic("extra_body")
             body.update(extra_body)
         try:
-            data = _ENCODE(body).encode()
+            return _ENCODE(body).encode(), headers
         except (Exotic, ValueError, TypeError, RecursionError):  # UnicodeEncodeError too
             raise Exotic("body") from None
-        try:
-            async with self._http.post(self._url, data=data, headers=headers, **self._send) as r:
-                content = await r.read()
-                status = r.status
-        except Exception as exc:  # as the SDK: every failure to get a reply
-            timeout = isinstance(exc, TimeoutError)
-            kind = self._sdk.APITimeoutError if timeout else self._sdk.APIConnectionError
-            raise kind(request=self._probe) from exc
-        if 200 <= status < 300:
-            return content, ReplyHeaders(r.headers)
-        if status < 400:  # a redirect: the SDK's client follows it
-            raise Exotic("redirect")
-        raise self._status_error(status, r.raw_headers, content)
 
-    def _status_error(self, status: int, raw_headers: Any, content: bytes) -> BaseException:
+    def failure(self, exc: Exception) -> BaseException:
+        """The SDK's exception for a failure to get or read a reply (a timeout, a cut)."""
+        timeout = isinstance(exc, TimeoutError)
+        kind = self._sdk.APITimeoutError if timeout else self._sdk.APIConnectionError
+        error: BaseException = kind(request=self._probe)
+        return error
+
+    def status_error(self, status: int, raw_headers: Any, content: bytes) -> BaseException:
         """The SDK's exception for an error reply, made by the SDK from the same reply."""
+        response = self._response(status, raw_headers, content)
+        error: BaseException = self._client._make_status_error_from_response(response)
+        return error
+
+    def api_error(self, message: str, body: object) -> BaseException:
+        """openai's exception for an error record inside a stream."""
+        error: BaseException = self._sdk.APIError(message, self._probe, body=body)
+        return error
+
+    def event_error(self, message: str, body: object, reply: Any) -> BaseException:
+        """anthropic's exception for an error event inside a stream: its status error, made
+        from the stream's (aiohttp) reply."""
+        response = self._response(reply.status, reply.raw_headers, b"")
+        make = self._client._make_status_error
+        error: BaseException = make(message, body=body, response=response)
+        return error
+
+    def _response(self, status: int, raw_headers: Any, content: bytes) -> Any:
+        """A reply as the SDK's own response object."""
         import httpx2
 
         headers = [(k, v) for k, v in raw_headers if k.lower() not in DECODED]
-        response = httpx2.Response(status, headers=headers, content=content, request=self._probe)
-        error: BaseException = self._client._make_status_error_from_response(response)
-        return error
+        return httpx2.Response(status, headers=headers, content=content, request=self._probe)
 
 
 def body_params(create: Any) -> frozenset[str]:

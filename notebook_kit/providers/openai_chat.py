@@ -25,6 +25,7 @@ from .base import (
     with_schema_instruction,
 )
 from .fast_http import FastPost
+from .fast_stream import openai_record
 from .replies import invalid, label, reply_json, text_of, usage_of
 from .stream_readers import ChunkReader
 
@@ -38,7 +39,8 @@ class OpenAIProvider(Provider):
 
     `fast=True` (the default, `fast_default`): whole replies take the lean path of
     `fast_http`, which sends the SDK's own request straight through its aiohttp session, at
-    about a third of the CPU; `fast=False`: every request goes through the SDK's machinery.
+    about a third of the CPU, and streamed replies too, their events read by `fast_stream`
+    as the SDK reads them; `fast=False`: every request goes through the SDK's machinery.
     """
 
     name = "openai"
@@ -149,28 +151,37 @@ class _OpenAISession(SDKSession):
         *,
         chunks: Chunks,
     ) -> Completion:
-        create = self._client.chat.completions.with_raw_response.create
         while True:
             usage = {"stream_options": {"include_usage": True}} if self.usage_option else {}
             try:
-                raw = await create(
-                    model=request.model, messages=messages, stream=True, **usage, **params
-                )
+                headers, records = await self._open(request.model, messages, {**usage, **params})
                 break
             except Exception as exc:
                 if not self.usage_option or not refuses(exc, self._sdk, ("stream_options",)):
                     raise
                 self._no_usage("the server refused stream_options")
-        request_id = label(raw.headers.get("x-request-id"))
+        request_id = label(headers.get("x-request-id"))
         reader = ChunkReader(request.model)
         try:
-            async for chunk in raw.parse():
+            async for chunk in records:
                 reader.read(chunk, chunks)
-        except ValueError:  # a record that is not JSON
+        except ValueError:  # a record that is not JSON (or not UTF-8)
             raise invalid("malformed stream: a chunk is not JSON", request_id) from None
         if self.usage_option and reader.input_tokens is None:
             self._no_usage("the server sent no usage")
-        return reader.completion(chunks, request_id, rate_info(raw.headers))
+        return reader.completion(chunks, request_id, rate_info(headers))
+
+    async def _open(
+        self, model: str | None, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> tuple[Mapping[str, str], AsyncIterator[Any]]:
+        """A streamed reply's headers and chunks, by the lean path or the SDK."""
+        lean = await self._lean_stream(model, messages, params, openai_record)
+        if lean is not None:
+            return lean
+        raw = await self._client.chat.completions.with_raw_response.create(
+            model=model, messages=messages, stream=True, **params
+        )
+        return raw.headers, raw.parse()
 
     def _no_usage(self, why: str) -> None:
         """Stream without asking for usage from now on (once per run)."""

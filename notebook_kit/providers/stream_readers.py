@@ -1,5 +1,6 @@
 """Readers of streamed replies: what a stream said besides its content (finish reason,
-refusal, usage, model), for Chat Completions chunks and Messages events."""
+refusal, usage, model), for Chat Completions chunks and Messages events, whether they come
+as decoded JSON (the lean path) or as the SDK's objects."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ FINISH_REASONS = {
 }
 
 
+def field(record: Any, name: str) -> Any:
+    """A field of a record, of any type: a dict's key, an SDK object's attribute; None for
+    a missing one or a record without fields (a number, a list, None)."""
+    if isinstance(record, dict):
+        return record.get(name)
+    return getattr(record, name, None)
+
+
 class ChunkReader:
     """What a Chat Completions stream said besides its content: finish reason, refusal,
     usage (in a last chunk with no choices), model. Reads fields of any type."""
@@ -34,23 +43,23 @@ class ChunkReader:
         self.output_tokens: int | None = None
 
     def read(self, chunk: Any, chunks: Chunks) -> None:
-        choices = getattr(chunk, "choices", None)
+        choices = field(chunk, "choices")
         if isinstance(choices, list) and choices:
             choice = choices[0]
-            delta = getattr(choice, "delta", None)
-            content = getattr(delta, "content", None)
+            delta = field(choice, "delta")
+            content = field(delta, "content")
             chunks.text(content if isinstance(content, str) else text_of(content))
-            refusal = getattr(delta, "refusal", None)
+            refusal = field(delta, "refusal")
             if isinstance(refusal, str):
                 self.refusal.append(refusal)
-            self.finish = label(getattr(choice, "finish_reason", None)) or self.finish
+            self.finish = label(field(choice, "finish_reason")) or self.finish
         else:
             chunks.alive()
-        usage = getattr(chunk, "usage", None)
+        usage = field(chunk, "usage")
         if usage is not None:
-            self.input_tokens = token_count(getattr(usage, "prompt_tokens", None))
-            self.output_tokens = token_count(getattr(usage, "completion_tokens", None))
-        self.model = label(getattr(chunk, "model", None)) or self.model
+            self.input_tokens = token_count(field(usage, "prompt_tokens"))
+            self.output_tokens = token_count(field(usage, "completion_tokens"))
+        self.model = label(field(chunk, "model")) or self.model
 
     def completion(
         self, chunks: Chunks, request_id: str | None, rate: RateInfo | None
@@ -88,27 +97,27 @@ class EventReader:
         self.output_tokens: int | None = None
 
     def read(self, event: Any, chunks: Chunks) -> None:
-        kind = getattr(event, "type", None)
+        kind = field(event, "type")
         if kind == "content_block_delta":
-            delta = getattr(event, "delta", None)
-            piece = getattr(delta, "text", None)
+            delta = field(event, "delta")
+            piece = field(delta, "text")
             if piece is None:
-                piece = getattr(delta, "partial_json", None)  # a forced tool's input
+                piece = field(delta, "partial_json")  # a forced tool's input
             chunks.text(piece if isinstance(piece, str) else "")
             return
         chunks.alive()
         if kind == "message_start":
-            message = getattr(event, "message", None)
-            usage = getattr(message, "usage", None)
-            self.input_tokens = token_count(getattr(usage, "input_tokens", None))
-            self.output_tokens = token_count(getattr(usage, "output_tokens", None))
-            self.model = label(getattr(message, "model", None)) or self.model
+            message = field(event, "message")
+            usage = field(message, "usage")
+            self.input_tokens = token_count(field(usage, "input_tokens"))
+            self.output_tokens = token_count(field(usage, "output_tokens"))
+            self.model = label(field(message, "model")) or self.model
         elif kind == "message_delta":
-            self.stop = label(getattr(getattr(event, "delta", None), "stop_reason", None))
-            usage = getattr(event, "usage", None)
-            output = token_count(getattr(usage, "output_tokens", None))
+            self.stop = label(field(field(event, "delta"), "stop_reason"))
+            usage = field(event, "usage")
+            output = token_count(field(usage, "output_tokens"))
             self.output_tokens = output if output is not None else self.output_tokens
-            given = token_count(getattr(usage, "input_tokens", None))
+            given = token_count(field(usage, "input_tokens"))
             self.input_tokens = given if given else self.input_tokens
 
     def completion(
