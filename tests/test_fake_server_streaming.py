@@ -10,7 +10,6 @@ from typing import Any
 
 import aiohttp
 import anthropic
-import httpx2
 import openai
 import pydantic
 import pytest
@@ -191,6 +190,42 @@ async def test_the_wire_format(server: FakeLLMServer) -> None:
     assert kinds[:3] == ["message_start", "content_block_start", "ping"]
     assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert all(json.loads(data)["type"] == event for event, data in from_anthropic)
+
+
+async def test_a_stream_script_is_the_wire_piece_by_piece(server: FakeLLMServer) -> None:
+    """stream_script: the pieces verbatim (raw bytes through surrogateescape), each written
+    apart (chunk_delay between), and the directives' N counting pieces."""
+    script = ["data: {\"a\":", " 1}\r\n\r\n", ": ping\n", "data: \udcff\n\n"]
+    server.configure(stream_script=script, chunk_delay=0.05)
+    auth = {"Authorization": f"Bearer {KEY}", "x-api-key": KEY}
+    url = f"{server.openai_base_url}/chat/completions"
+    arrivals: list[tuple[float, bytes]] = []
+    async with aiohttp.ClientSession() as http:
+        for prompt in ("q", "[[cut_after=2]] q"):
+            body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}]}
+            async with http.post(url, json={**body, "stream": True}, headers=auth) as response:
+                assert response.status == 200
+                assert response.content_type == "text/event-stream"
+                wire = b""
+                try:
+                    async for chunk in response.content.iter_any():
+                        arrivals.append((time.monotonic(), chunk))
+                        wire += chunk
+                except aiohttp.ClientPayloadError:
+                    assert prompt.startswith("[[cut_after=2]]")
+                    assert wire == b'data: {"a": 1}\r\n\r\n'
+                else:
+                    assert wire == b'data: {"a": 1}\r\n\r\n: ping\ndata: \xff\n\n'
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "q"}], "stream": True}
+        async with http.post(f"{server.url}/v1/messages", json=body, headers=auth) as response:
+            assert (await response.read()).startswith(b'data: {"a": 1}')  # Anthropic's too
+
+    stats = await settled(server)
+    assert stats["streams_completed"] == 2 and stats["streams_cut"] == 1
+    assert stats["chunks_sent"] == 4 + 2 + 4
+    assert arrivals[1][0] - arrivals[0][0] >= 0.04  # pieces apart: chunk_delay between
+    with pytest.raises(ValueError, match="list of strings"):
+        server.configure(stream_script=[b"bytes"])
 
 
 # -- usage -------------------------------------------------------------------
@@ -397,7 +432,7 @@ async def test_cut_after_raises_in_the_sdks(
         await stream_openai(oai, prompt, into=got)
     again = await stream_openai(oai, prompt)  # times=1: the second attempt is whole
     events: list[RawMessageStreamEvent] = []
-    with pytest.raises(httpx2.RemoteProtocolError):  # anthropic lets it through as is
+    with pytest.raises(anthropic.APIConnectionError):  # anthropic wraps it too
         await stream_anthropic(claude, "[[cut_after=2]] hi", into=events)
 
     assert contents(got) == ["", *PIECES[:3]]

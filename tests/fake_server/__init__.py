@@ -91,6 +91,15 @@ smallest N wins (on a tie: cut, error, stall). Non-streamed requests ignore thes
 its first event in half (the record still ends), ``not_utf8`` puts a non-UTF-8 byte in
 it, ``error_200`` makes the stream that one error event alone (not billed, as before).
 
+A hostile wire: the setting ``stream_script`` (a list of str, default None) makes every
+streamed success exactly those pieces, each written at once as one content chunk (so
+``chunk_delay`` comes between two pieces and ``cut_after``, ``stream_error_after`` and
+``stall_after`` count pieces), with no opening or closing events: a test writes any bytes
+it likes (CRLF, a record split between two pieces, comments, a huge record) and ends the
+body, cuts it or stalls it. Pieces are UTF-8, except that the code points U+DC80 to
+U+DCFF stand for the raw bytes 0x80 to 0xFF (``"\udcff"``: a byte that is no UTF-8).
+``malformed`` and ``not_utf8`` leave a script as it is.
+
 Stream settings: ``stream_options_refused`` (default False: a 400 ``Unrecognized request
 argument supplied: stream_options``, ``param`` ``"stream_options"``, to every OpenAI
 request that has ``stream_options``, streamed or not, after the rate limits);

@@ -326,7 +326,8 @@ class Core:
         chunk, one content chunk per `chunk_delay`, then the closing events. A directive may
         cut it, end it with an error event or stall it after some content chunks; `fault`
         may spoil it (malformed, not_utf8: its first event; error_200: an error event
-        alone)."""
+        alone). With the setting `stream_script`, its pieces are the content chunks and
+        there are no opening or closing events."""
         reply = Reply.to(chat, directive, attempt)
         events = api.stream_body(rid, chat, reply, usage=settings.usage and settings.stream_usage)
         delay = settings.chunk_delay
@@ -342,6 +343,8 @@ class Core:
             opening[0] = opening[0][: len(opening[0]) // 2] + b"\n\n"  # its JSON cut in half
         elif fault == "not_utf8":
             opening[0] = opening[0].replace(b'"', b'"\xff', 1)  # the first key is not UTF-8
+        if settings.stream_script is not None:  # the wire as the test wrote it
+            opening, content, closing = [], settings.script_bytes(), []
         if mishap is not None:
             content = content[: mishap[1]]
 

@@ -69,6 +69,8 @@ class Settings:
     chunk_delay: float = 0.0  # streaming: seconds between two content chunks
     stream_options_refused: bool = False  # a 400 to OpenAI's stream_options (old servers)
     stream_usage: bool = True  # False: streams report no usage (see the package docstring)
+    # streaming: the wire of every streamed success, piece by piece (see `script_bytes`)
+    stream_script: list[str] | None = None
     # batch jobs (see the package docstring's "Batches"):
     batches: bool = True  # False: a server without batch routes (404 to each)
     batch_seconds: float = 0.5  # a batch's requests finish spread over this long
@@ -100,6 +102,16 @@ class Settings:
             raise ValueError("batch_expire_after must be > 0 and the batch limits >= 1")
         if self.model_latency is not None:
             object.__setattr__(self, "model_latency", _checked_model_latency(self.model_latency))
+        if self.stream_script is not None:
+            if not all(isinstance(piece, str) for piece in self.stream_script):
+                raise ValueError("stream_script must be a list of strings")
+            object.__setattr__(self, "stream_script", list(self.stream_script))
+
+    def script_bytes(self) -> list[bytes]:
+        """`stream_script`'s pieces as the bytes to write: UTF-8, except that the code
+        points U+DC80 to U+DCFF are the raw bytes 0x80 to 0xFF (Python's surrogateescape:
+        "\udcff" writes a byte that is no UTF-8)."""
+        return [piece.encode("utf-8", "surrogateescape") for piece in self.stream_script or ()]
 
     def to_json(self) -> dict[str, Any]:
         """The settings as a JSON-compatible dict."""
