@@ -26,11 +26,13 @@ class EventDecoder:
     ends at CR, LF or CRLF (a CRLF split across chunks too), each line is UTF-8 (else
     `UnicodeDecodeError`), an empty line ends an event if it has a name, data, an id or a
     retry (the last id is kept from event to event), any other field is ignored, and no
-    line or event has a size limit."""
+    line or event has a size limit. A line that is not UTF-8 ends the reading: the events
+    before it are returned, then `failed` holds its error."""
 
-    __slots__ = ("_data", "_event", "_id", "_pending", "_retry", "_skip_lf")
+    __slots__ = ("_data", "_event", "_id", "_pending", "_retry", "_skip_lf", "failed")
 
     def __init__(self) -> None:
+        self.failed: UnicodeDecodeError | None = None
         self._pending = b""  # the start of a line whose end has not come yet
         self._skip_lf = False  # the last chunk ended in CR: a LF that follows ends nothing
         self._event = ""
@@ -64,7 +66,11 @@ class EventDecoder:
     def _read(self, lines: list[bytes]) -> list[Event]:
         events: list[Event] = []
         for raw in lines:
-            line = raw.decode()
+            try:
+                line = raw.decode()
+            except UnicodeDecodeError as exc:
+                self.failed = exc
+                break
             if line:
                 name, _, value = line.partition(":")  # a comment (":...") has no name
                 if value[:1] == " ":
@@ -103,6 +109,8 @@ async def records(fast: FastPost, reply: aiohttp.ClientResponse, rule: Rule) -> 
                     return
                 if record is not SKIP:
                     yield record
+            if decoder.failed is not None:
+                raise decoder.failed
             if not chunk:
                 return
     finally:
