@@ -195,7 +195,7 @@ async def test_the_wire_format(server: FakeLLMServer) -> None:
 async def test_a_stream_script_is_the_wire_piece_by_piece(server: FakeLLMServer) -> None:
     """stream_script: the pieces verbatim (raw bytes through surrogateescape), each written
     apart (chunk_delay between), and the directives' N counting pieces."""
-    script = ["data: {\"a\":", " 1}\r\n\r\n", ": ping\n", "data: \udcff\n\n"]
+    script = ['data: {"a":', " 1}\r\n\r\n", ": ping\n", "data: \udcff\n\n"]
     server.configure(stream_script=script, chunk_delay=0.05)
     auth = {"Authorization": f"Bearer {KEY}", "x-api-key": KEY}
     url = f"{server.openai_base_url}/chat/completions"
@@ -216,8 +216,9 @@ async def test_a_stream_script_is_the_wire_piece_by_piece(server: FakeLLMServer)
                     assert wire == b'data: {"a": 1}\r\n\r\n'
                 else:
                     assert wire == b'data: {"a": 1}\r\n\r\n: ping\ndata: \xff\n\n'
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "q"}], "stream": True}
-        async with http.post(f"{server.url}/v1/messages", json=body, headers=auth) as response:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "q"}]}
+        messages = f"{server.url}/v1/messages"
+        async with http.post(messages, json={**body, "stream": True}, headers=auth) as response:
             assert (await response.read()).startswith(b'data: {"a": 1}')  # Anthropic's too
 
     stats = await settled(server)

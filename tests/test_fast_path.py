@@ -628,7 +628,7 @@ HOSTILE: dict[str, tuple[str, list[str], str, str, str]] = {
 
 
 async def streamed_row(api: str, url: str, fast: bool, prompt: str) -> pd.DataFrame:
-    result = await one_row(api, url, fast, prompt, stream=True)
+    result: pd.DataFrame = await one_row(api, url, fast, prompt, stream=True)
     return result.drop(columns=["latency_s", "ttft_s", "request_id"])
 
 
