@@ -4,7 +4,8 @@ request and response objects), which costs most of a request's CPU.
 
 The SDK still does everything but the hot, plain case: it builds the client, the URL and
 every header (auth included) once per run, turns an error reply into its own exception,
-and sends whatever the lean path does not take (`Exotic`) the usual way.
+and sends whatever the lean path does not take (`Exotic`) the usual way. A streamed
+reply is opened here (`open`) and read by `fast_stream`.
 """
 
 from __future__ import annotations
