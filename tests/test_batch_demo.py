@@ -193,6 +193,35 @@ async def test_an_interrupted_wait_leaves_the_batch_running_and_a_rerun_collects
     assert (result["status"] == "ok").all() and len(demo_batches()) == 1  # reattached
 
 
+async def test_an_interrupt_while_the_batch_is_created_names_it_once_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The interrupt lands between the provider's create and the run writing the batch
+    down: the run waits for the write, and its one line names the batch (it used to say
+    "0 rows done" as if nothing ran on at the provider)."""
+    from notebook_kit.batch.demo_batches import DemoBatches
+
+    created, go_on = asyncio.Event(), asyncio.Event()
+    submit = DemoBatches.submit
+
+    async def slow_submit(self: DemoBatches, *args: Any, **kwargs: Any) -> Any:
+        status = await submit(self, *args, **kwargs)
+        created.set()
+        await go_on.wait()
+        return status
+
+    monkeypatch.setattr(DemoBatches, "submit", slow_submit)
+    task = asyncio.create_task(kit.run_df(prompts(4), "prompt", provider=demo(), **FAST))
+    await created.wait()
+    task.cancel()  # its wait for the shielded submission is cancelled at once
+    go_on.set()
+    with pytest.raises(asyncio.CancelledError) as caught:
+        await task
+    (line,) = caught.value._render_traceback_()  # type: ignore[attr-defined]
+    (path,) = (cache_dir() / "demo_batches").glob("*.json")
+    assert f"the batch jobs run on at the provider ({path.stem})" in line
+
+
 def test_a_killed_process_is_reattached_by_the_next_one(tmp_path: Path) -> None:
     """A kernel killed while its batch runs: the same cell in a new process creates no
     second batch and reads the first one's rows."""

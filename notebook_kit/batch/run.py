@@ -328,6 +328,7 @@ class BatchRun:
                 self._rows.sent(part)
                 part.status = submitting.result()
                 self._live.append(part)
+                self._changed(part.status)  # the interrupt's line names it
             raise
         except RunError as exc:
             self.run_error = self.run_error or exc
