@@ -133,6 +133,18 @@ async def test_gate_cools_down_and_pauses() -> None:
     await asyncio.wait_for(waiter, 1)
 
 
+async def test_a_cool_down_ending_under_a_millisecond_from_now_is_over() -> None:
+    """A Retry-After computed from floats can end a hair after now; a virtual clock does not
+    advance for such a sleep, and a row spun between a gate that said "open" and one that
+    said "closed" (a run of the simulated rpm limit hung the test process)."""
+    gate = StartGate(clock=LoopClock(), policy=RetryPolicy())
+    gate.cool_down(1e-9)
+    assert not gate.closed()
+    await asyncio.wait_for(gate.acquire(), 1.0)
+    gate.cool_down(0.01)
+    assert gate.closed()
+
+
 async def test_deadline_times_out_a_hung_call() -> None:
     with pytest.raises(TimeoutError):
         async with Deadline(0.05, LoopClock()):

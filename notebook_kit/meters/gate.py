@@ -13,6 +13,9 @@ from ..types import ErrorType, Request
 from .base import AttemptOutcome
 
 PauseReason = Literal["user", "budget"]
+# A cool-down this close to its end is over: a clock may not advance for a shorter sleep (a
+# virtual one rounds its time), and then the gate would wait for it forever.
+GRAIN = 1e-3
 
 
 class StartGate:
@@ -52,7 +55,7 @@ class StartGate:
 
     def closed(self) -> bool:
         """Paused, or cooling down after a 429: a request now would start too early."""
-        return bool(self._reasons) or self._closed_until > self._clock.now()
+        return bool(self._reasons) or self.cooling_for() > GRAIN
 
     def state(self, *, stopping: bool) -> str:
         """What a run behind this gate is doing, for displays."""
@@ -70,7 +73,7 @@ class StartGate:
             if not self._open.is_set():
                 await self._open.wait()
             remaining = self._closed_until - self._clock.now()
-            if remaining <= 0:
+            if remaining <= GRAIN:
                 return
             await self._clock.sleep(remaining)
 
