@@ -92,7 +92,7 @@ class Limits:
     tpm: float | None = None  # estimated tokens per minute at most (input + max_tokens)
     headroom: float = 0.97  # pace rpm/tpm at this fraction of the limit, for clock jitter
     adaptive: bool = True  # lower concurrency on 429s, raise it back as calls succeed
-    learn_rate: bool = False  # no rpm, no rate headers: learn a request rate from 429s
+    learn_rate: bool = True  # no rpm, no rate headers: learn a request rate from 429s
 
     def __post_init__(self) -> None:
         whole("concurrency", self.concurrency, minimum=1)
@@ -170,7 +170,7 @@ class RunConfig:
                 rpm=meta.get("rpm"),
                 tpm=meta.get("tpm"),
                 adaptive=meta.get("adaptive", True),
-                learn_rate=meta.get("learn_rate", False),
+                learn_rate=meta.get("learn_rate", True),
             ),
             retry=RetryPolicy(**retry),
             timeout=meta.get("timeout", RunConfig.timeout),

@@ -52,7 +52,7 @@ class RunOptions(TypedDict, total=False):
     rpm: float | None  # requests started per minute at most
     tpm: float | None  # tokens per minute at most (input estimate + max_tokens)
     adaptive: bool | None  # lower concurrency on 429s, raise it back as calls succeed
-    learn_rate: bool | None  # no rpm, no rate headers: learn a request rate from 429s (opt-in)
+    learn_rate: bool | None  # no rpm, no rate headers: learn a request rate from 429s
     limits: Limits | None  # all of the above in one object
     # when to give up
     max_attempts: int | None  # requests per row at most (429s not counted)

@@ -18,7 +18,6 @@ pytestmark = pytest.mark.looptime
 async def run(n: int, **options: Any) -> tuple[pd.DataFrame, list[AttemptFinished]]:
     df = pd.DataFrame({"prompt": [f"question {i}" for i in range(n)]})
     seen: list[AttemptFinished] = []
-    options.setdefault("learn_rate", True)
     job = kit.start(df, "prompt", cache=False, progress=False, concurrency=50, **options)
     job.subscribe(seen.append, (AttemptFinished,))  # type: ignore[arg-type]
     return await job, seen
@@ -54,7 +53,7 @@ async def test_rate_headers_turn_the_learning_off() -> None:
     from notebook_kit.clock import LoopClock
     from notebook_kit.errors import CallError
     from notebook_kit.meters import AttemptOutcome
-    from notebook_kit.meters.learned import BACKOFF, MIN_SPAN, LearnedRate
+    from notebook_kit.meters.learned import BACKOFF, CROWDED, MIN_SPAN, LearnedRate
     from notebook_kit.types import Completion, ErrorType, RateInfo, Request
 
     meter = LearnedRate(LoopClock())
@@ -64,12 +63,69 @@ async def test_rate_headers_turn_the_learning_off() -> None:
     for _ in range(20):
         meter.release(None, AttemptOutcome(request, True, ok))
     limited_ = CallError(ErrorType.RATE_LIMIT, "429", status=429)
-    meter.release(None, AttemptOutcome(request, True, None, limited_))
+    for _ in range(CROWDED):
+        meter.release(None, AttemptOutcome(request, True, None, limited_))
     # 20 accepted at once: measured over the shortest span, the estimate errs high
     assert meter.rate is not None and meter.rate == pytest.approx(20 / MIN_SPAN * BACKOFF)
     told = Completion(text="x", model="m", rate=RateInfo(remaining_requests=5))
     meter.release(None, AttemptOutcome(request, True, told))
     assert getattr(meter, "rate") is None and meter.told  # noqa: B009 - read afresh
+
+
+async def test_a_server_refusing_a_few_requests_at_random_is_not_slowed() -> None:
+    """3% of requests refused at random, whatever the rate: no limit to learn. Before the
+    guard, each cut measured a lower rate than the last and the run crawled (128 s of
+    virtual time against 23 s without learning, for lesson 3's frame)."""
+
+    def flaky() -> kit.DemoProvider:
+        return kit.DemoProvider(latency=0.2, jitter=0.0, rate_limit_rate=0.03, seed=3)
+
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    result, attempts = await run(400, provider=flaky())
+    learning = loop.time() - began
+    assert (result["status"] == "ok").all()
+    assert sum(a.outcome == "rate_limit" for a in attempts) >= 5  # the 429s came
+    began = loop.time()
+    await run(400, provider=flaky(), learn_rate=False)
+    assert learning == pytest.approx(loop.time() - began, abs=1e-6)
+
+
+async def test_stray_429s_do_not_cut_a_learned_rate_until_it_regrows() -> None:
+    """After an overload, a lone 429 below the rate the server took then is a stray one;
+    once the rate has grown back to it, a lone 429 is the limit again and cuts."""
+    from notebook_kit.clock import LoopClock
+    from notebook_kit.errors import CallError
+    from notebook_kit.meters import AttemptOutcome
+    from notebook_kit.meters.learned import BACKOFF, CROWDED, GROWTH, LearnedRate
+    from notebook_kit.types import Completion, ErrorType, Request
+
+    meter = LearnedRate(LoopClock())
+    request = Request(key=0, messages=[{"role": "user", "content": "hi"}])
+    ok = AttemptOutcome(request, True, Completion(text="x", model="m"))
+    refused = AttemptOutcome(
+        request, True, None, CallError(ErrorType.RATE_LIMIT, "429", status=429)
+    )
+    await meter.acquire(request)
+    for _ in range(10):  # 10 a second accepted for 5 s
+        await asyncio.sleep(0.5)
+        for _ in range(5):
+            meter.release(None, ok)
+    for _ in range(CROWDED):
+        meter.release(None, refused)
+    assert meter.rate == pytest.approx(10 * BACKOFF, rel=0.03)
+    for _ in range(2 * 40):  # the overload's 429s leave the sample
+        meter.release(None, ok)
+    await asyncio.sleep(2.0)
+    meter.release(None, refused)  # a lone 429 at about 9.2 a second: stray
+    after_stray = meter.rate
+    assert after_stray is not None and after_stray > 10 * BACKOFF
+    await asyncio.sleep(0.2 / GROWTH)  # grown past the 10 a second the server took
+    await meter.acquire(request)
+    grown = meter.rate
+    assert grown is not None and grown > 10
+    meter.release(None, refused)
+    assert meter.rate == pytest.approx(grown * BACKOFF)
 
 
 def test_learn_rate_is_an_option() -> None:
@@ -85,7 +141,7 @@ async def test_a_first_burst_answered_at_once_is_not_learned_too_low() -> None:
     from notebook_kit.clock import LoopClock
     from notebook_kit.errors import CallError
     from notebook_kit.meters import AttemptOutcome
-    from notebook_kit.meters.learned import LearnedRate
+    from notebook_kit.meters.learned import CROWDED, LearnedRate
     from notebook_kit.types import Completion, ErrorType, Request
 
     meter = LearnedRate(LoopClock())
@@ -94,5 +150,6 @@ async def test_a_first_burst_answered_at_once_is_not_learned_too_low() -> None:
     await asyncio.sleep(0.01)
     meter.release(None, AttemptOutcome(request, True, Completion(text="x", model="m")))
     limited_ = CallError(ErrorType.RATE_LIMIT, "429", status=429)
-    meter.release(None, AttemptOutcome(request, True, None, limited_))
+    for _ in range(CROWDED):
+        meter.release(None, AttemptOutcome(request, True, None, limited_))
     assert meter.rate is not None and meter.rate >= 10  # not 0.9 a second

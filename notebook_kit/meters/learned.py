@@ -1,13 +1,17 @@
 """A request rate learned from 429s, for a server that enforces a limit it does not tell
-(opt-in for now: `learn_rate=True`).
+(on by default; `learn_rate=False` turns it off).
 
 Adaptive concurrency is the wrong control for a rate: at a fixed rate limit, fewer
 requests in flight only help if each one is slow. So, when no `rpm` is given and no reply
 carries rate-limit headers, this meter learns the rate itself (AIMD on the rate):
 
-- until the first 429 it lets every request through (a run that meets no limit pays
+- until the first overload it lets every request through (a run that meets no limit pays
   nothing: no slow start);
-- a 429 sets the rate to what the server accepted over the last few seconds, times
+- a 429 is taken for an overload only when it is one of several among the last replies
+  (`CROWDED` of `SAMPLE`), or when the rate has grown back to what the server took at the
+  last overload: a server that refuses a few requests at random, at any rate, is not
+  slowed down for them (the start gate still waits out each one's Retry-After);
+- an overload sets the rate to what the server accepted over the last few seconds, times
   `BACKOFF` (one cut per overload: the 429s of one burst cut once);
 - then starts are spaced evenly at that rate, and each second without a 429 raises it by
   `GROWTH` of the rate it was cut to, so it creeps back towards the limit.
@@ -31,6 +35,9 @@ CALM = 1.0  # seconds after a cut during which more 429s belong to the same over
 # the shortest span a rate is measured over: early in a run a cut errs high, since a rate set
 # too high is cut again at the next 429 while one set too low creeps back at GROWTH
 MIN_SPAN = 0.05
+SAMPLE = 40  # the last replies (accepted or 429) that tell an overload from stray 429s
+# 429s among them that make an overload: at a 429, 3% random 429s make it 1 in 7,000 times
+CROWDED = 8
 
 
 class LearnedRate:
@@ -41,6 +48,8 @@ class LearnedRate:
         self.rate: float | None = None  # starts per second; None: not limited
         self._cut_to = 0.0  # the rate right after the last cut
         self._cut_at = -math.inf
+        self._cut_from = math.inf  # the rate the server accepted at the last overload
+        self._replies: deque[bool] = deque(maxlen=SAMPLE)  # the last replies: True for a 429
         self._accepted: deque[float] = deque()  # clock times of replies that were not 429
         self._first_start: float | None = None
         self._next_start = -math.inf
@@ -76,20 +85,26 @@ class LearnedRate:
             return
         now = self._clock.now()
         if error is not None and error.error_type is ErrorType.RATE_LIMIT:
+            self._replies.append(True)
             self._cut(now, server_wait(error))
         elif completion is not None:
+            self._replies.append(False)
             self._accepted.append(now)
             while self._accepted and self._accepted[0] < now - WINDOW:
                 self._accepted.popleft()
 
     def _cut(self, now: float, retry_after: float | None) -> None:
-        """A 429: the first of an overload cuts the rate; the rest of its burst do not."""
+        """A 429: the first of an overload cuts the rate; the rest of its burst, and stray
+        429s, do not."""
         if now < self._cut_at + CALM:
             return
+        current = self._current()
+        crowded = sum(self._replies) >= CROWDED
+        if not crowded and (current is None or current < self._cut_from):
+            return  # a stray 429: the server refused it at a rate it took before
         since = now - (self._first_start if self._first_start is not None else now)
         span = max(MIN_SPAN, min(WINDOW, since))
         recent = sum(1 for t in self._accepted if t >= now - span)
-        current = self._current()
         if recent:
             accepted = recent / span
             base = accepted if current is None else min(accepted, current)
@@ -98,6 +113,7 @@ class LearnedRate:
         else:
             return  # nothing accepted yet: no evidence of a rate (the cool-down waits)
         self.rate = self._cut_to = max(base * BACKOFF, 1.0 / 60)  # at least one a minute
+        self._cut_from = base
         self._cut_at = now
         self._next_start = max(self._next_start, now + (retry_after or 0.0))
 
