@@ -14,17 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
     from .api import (
-        attach as attach,
-        batches as batches,
-        cache_info as cache_info,
-        clear_cache as clear_cache,
         controls as controls,
         estimate as estimate,
         iter_rows as iter_rows,
         last_report as last_report,
         last_result as last_result,
         report as report,
-        retry_failed as retry_failed,
         run_df as run_df,
         run_df_sync as run_df_sync,
         run_pipeline as run_pipeline,
@@ -75,6 +70,9 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
         RunReport as RunReport,
         Snapshot as Snapshot,
     )
+    from .rerun import (
+        retry_failed as retry_failed,
+    )
     from .row_stream import (
         FinishedRow as FinishedRow,
     )
@@ -84,6 +82,12 @@ if TYPE_CHECKING:  # explicit re-exports, for type checkers (mypy --strict)
     )
     from .steps import (
         Step as Step,
+    )
+    from .stored import (
+        attach as attach,
+        batches as batches,
+        cache_info as cache_info,
+        clear_cache as clear_cache,
     )
     from .structured import (
         expand as expand,
@@ -125,10 +129,10 @@ _HOMES = {
     "SessionDefaults": "session",
     "Snapshot": "reporting",
     "Step": "steps",
-    "attach": "api",
-    "batches": "api",
-    "cache_info": "api",
-    "clear_cache": "api",
+    "attach": "stored",
+    "batches": "stored",
+    "cache_info": "stored",
+    "clear_cache": "stored",
     "controls": "api",
     "defaults": "session",
     "estimate": "api",
@@ -140,7 +144,7 @@ _HOMES = {
     "last_result": "api",
     "plot_timeline": "timeline",
     "report": "api",
-    "retry_failed": "api",
+    "retry_failed": "rerun",
     "run_df": "api",
     "run_df_sync": "api",
     "run_pipeline": "api",

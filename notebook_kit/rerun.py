@@ -1,24 +1,100 @@
-"""Re-running the rows of a result that did not end `ok`, with the settings that made it."""
+"""Re-running the rows of a result that did not end `ok`, with the settings that made it:
+`retry_failed`, which rows, the original settings, the merge."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Unpack
 
 import numpy as np
 import pandas as pd
 
 from . import frame as frames, history
 from .config import RunConfig
-from .errors import ConfigError
+from .errors import ConfigError, RunError
 from .frame_job import FrameJob
-from .options import checked, chosen_cache, inputs, run_config
+from .launch import attach_display
+from .options import RunOptions, checked, chosen_cache, inputs, run_config, shows_run_options
+from .pipeline_frame import merge as merge_steps
+from .pipeline_job import resume_job
 from .providers import resolve
+from .registry import told_in_one_line
+from .steps import Step
 from .types import ErrorType
 
 log = logging.getLogger("notebook_kit")
+
+
+@shows_run_options
+async def retry_failed(
+    result: pd.DataFrame,
+    *,
+    only: Iterable[str] | None = None,
+    prompt: str | None = None,
+    steps: Sequence[Step] | None = None,
+    **options: Unpack[RunOptions],
+) -> pd.DataFrame:
+    """Re-run the rows whose status is not `ok` (or only those with the given error types).
+
+    Same settings as the run that made `result`, unless overridden (e.g. `concurrency=2`).
+    Returns the whole frame with those rows replaced; `attempts` adds up. A pipeline's
+    rows resume at the step that failed: earlier outputs are reused, not re-paid (in
+    another process, pass `steps=` again).
+    """
+    meta = result.attrs.get(frames.META_KEY)
+    if not isinstance(meta, dict):
+        raise ConfigError(
+            "this frame carries no notebook_kit settings (result.attrs['notebook_kit'] is gone, "
+            "e.g. after pd.concat); run it again with run_df(...)"
+        )
+    positions = failed_rows(result, only)
+    if len(positions) == 0:
+        return result.copy()
+    if meta.get("pipeline") is not None:
+        return await _retry_steps(result, positions, meta, steps, options)
+    if steps is not None:
+        raise ConfigError("steps= is for a pipeline's frame; this frame was made by run_df")
+    job = rerun_job(result.iloc[positions], meta, prompt, options)
+    attach_display(job)
+    try:
+        with told_in_one_line(job):
+            rerun = await job.run()
+    except (asyncio.CancelledError, RunError) as exc:
+        partial = merged(result, positions, job, meta)
+        if isinstance(exc, RunError):
+            exc.partial = partial
+        raise
+    return merged(result, positions, job, meta, rerun)
+
+
+async def _retry_steps(
+    result: pd.DataFrame,
+    positions: Any,
+    meta: dict[str, Any],
+    steps: Sequence[Step] | None,
+    options: Mapping[str, Any],
+) -> pd.DataFrame:
+    """A pipeline's failed rows again, each from the step it failed at."""
+    job, starts = resume_job(result, positions, meta, steps, options)
+    attach_display(job)
+
+    def merged_steps(rerun: pd.DataFrame) -> pd.DataFrame:
+        frame = merge_steps(result, positions, starts, rerun, job.plan.stages)
+        return with_both_runs(frame, meta, rerun, len(positions))
+
+    try:
+        with told_in_one_line(job):
+            rerun = await job.run()
+    except (asyncio.CancelledError, RunError) as exc:
+        if job.result is not None:
+            partial = merged_steps(job.result)
+            if isinstance(exc, RunError):
+                exc.partial = partial
+        raise
+    return merged_steps(rerun)
 
 
 def failed_rows(result: pd.DataFrame, only: Iterable[str] | None) -> np.ndarray[Any, Any]:

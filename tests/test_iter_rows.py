@@ -188,12 +188,13 @@ async def test_a_pipeline_step_can_stream() -> None:
 
 
 def test_a_run_over_ten_thousand_rows_has_no_peek() -> None:
-    from notebook_kit.api import _job
     from notebook_kit.frame_job import FrameJob
+    from notebook_kit.launch import new_frame_job
     from notebook_kit.ui import Panel
 
-    big = _job(prompts(10_001), "prompt", {"stream": True, "provider": "demo"}, entry="start")
-    small = _job(prompts(10_000), "prompt", {"stream": True, "provider": "demo"}, entry="start")
+    options = {"stream": True, "provider": "demo"}
+    big = new_frame_job(prompts(10_001), "prompt", options, entry="start")
+    small = new_frame_job(prompts(10_000), "prompt", options, entry="start")
     assert isinstance(big, FrameJob) and isinstance(small, FrameJob)
     assert Panel(big).peek is None
     assert Panel(small).peek is not None
