@@ -85,7 +85,7 @@ def test_lesson_runs_offline_top_to_bottom(name: str) -> None:
     if name.startswith("08"):  # chains faster five at a time; the retry pays no research again
         assert "speedup" in shown and "failed at: {'draft'" in shown
         assert "research calls per row: {1: 60}" in shown
-    if name.startswith("04"):  # the table of three ways: whole counts, seconds with a point
+    if name.startswith("04"):  # the table of four ways: whole counts, seconds with a point
         table = next(part for part in shown.split("\n\n") if "429s" in part)
         rows = [line.split() for line in table.splitlines()[1:]]
         assert all("." not in count for row in rows for count in row[-3:]), table
