@@ -1,9 +1,10 @@
 """A pipeline's scheduler: rows through steps, with no barrier between them.
 
 Each model step is an `Engine` of its own (its own concurrency, model, retries), fed by a
-queue: a row enters the next step's queue the moment its previous step ends, so a fast
-row reaches step 3 while slow rows are still in step 1. Steps on one endpoint share its
-start gate (429 cool-downs) and rpm/tpm meters; Pause and the budget hold every gate.
+queue (both made in `pipeline_engines.py`): a row enters the next step's queue the moment
+its previous step ends, so a fast row reaches step 3 while slow rows are still in step 1.
+Steps on one endpoint share its start gate (429 cool-downs) and rpm/tpm meters; Pause and
+the budget hold every gate.
 Function steps
 (`fn=`) run here, between the engines; `when=` skips a step for a row. A row that fails
 a step runs no later step. Plain asyncio: no widgets or SDKs.
@@ -14,45 +15,29 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from .cache import Cache
 from .clock import Clock, LoopClock
-from .engine import Engine, Item
+from .engine import Engine
 from .errors import RunError
 from .events import (
-    AttemptFinished,
-    AttemptStarted,
     EventBus,
-    LimitChanged,
     Paused,
     Resumed,
     RowFinished,
-    RowStarted,
     RunFinished,
     StopRequested,
-    StreamOpened,
 )
 from .meters import BudgetMeter
-from .meters.assembly import Shared, rate_meters
 from .meters.gate import Gates
-from .meters.learned import LearnedRate
-from .meters.rate import RateMeter
+from .pipeline_engines import Feed, step_engines
 from .pipeline_rows import RowValues, RowWork, row_result
 from .reporting import RunStats, Snapshot
 from .steps import Stage
 from .types import ErrorType, RowResult, RowStatus
 
-FORWARDED = (
-    RowStarted,
-    AttemptStarted,
-    AttemptFinished,
-    RowFinished,
-    LimitChanged,
-    StreamOpened,
-)
 # a pipeline's request counters: the sums of its steps'
 FUNCTION_GRACE = 5.0  # seconds a cancelled function step gets to end before the run ends
 SUMMED = (
@@ -65,45 +50,6 @@ SUMMED = (
     "unpriced",
     "cached",
 )
-
-
-class Feed:
-    """A model step's incoming rows: put by the pipeline as earlier steps end, taken in
-    order by the step's engine (an async iterator that ends once closed and empty)."""
-
-    def __init__(self) -> None:
-        self._items: deque[Item] = deque()
-        self._wake: asyncio.Future[None] | None = None
-        self.closed = False
-        self.taken = asyncio.Event()  # set when a row is taken: room in a short feed
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, item: Item) -> None:
-        self._items.append(item)
-        self._wakeup()
-
-    def close(self) -> None:
-        """No row can reach this step any more."""
-        self.closed = True
-        self._wakeup()
-
-    def _wakeup(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
-
-    def __aiter__(self) -> Feed:
-        return self
-
-    async def __anext__(self) -> Item:
-        while not self._items:
-            if self.closed:
-                raise StopAsyncIteration
-            self._wake = asyncio.get_running_loop().create_future()
-            await self._wake
-        self.taken.set()
-        return self._items.popleft()
 
 
 class Pipeline:
@@ -143,27 +89,18 @@ class Pipeline:
 
         self.gate = Gates(clock=self.clock, policy=policy or RetryPolicy())  # one per endpoint
         self.budget = None if budget_usd is None else self._budget_meter(budget_usd)
-        rates: dict[tuple[str, ...], tuple[RateMeter | LearnedRate, ...]] = {}
-        self.engines: dict[int, Engine] = {}
-        for stage in models:
-            assert stage.config is not None and stage.provider is not None
-            endpoint = stage.endpoint or (stage.name,)
-            if endpoint not in rates:
-                rates[endpoint] = rate_meters(stage.config, self.clock)
-            shared = Shared(self.gate.of(endpoint), rates[endpoint], self.budget)
-            engine = Engine(
-                stage.provider,
-                stage.config,
-                total=len(keys),
-                cache=cache,
-                clock=self.clock,
-                step=stage.name,
-                shared=shared,
-            )
-            engine.events.forward(FORWARDED, self.events)
-            engine.events.on(RowFinished, functools.partial(self._stepped, stage.index))
+        self.engines = step_engines(
+            models,
+            total=len(keys),
+            cache=cache,
+            clock=self.clock,
+            gate=self.gate,
+            budget=self.budget,
+            events=self.events,
+        )
+        for index, engine in self.engines.items():
+            engine.events.on(RowFinished, functools.partial(self._stepped, index))
             engine.events.on(StopRequested, self._engine_stopped)
-            self.engines[stage.index] = engine
         self.function_stats = {
             s.index: RunStats(total=len(keys), step=s.name) for s in self.stages if s.step.fn
         }
