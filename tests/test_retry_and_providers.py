@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from contextlib import redirect_stderr
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ import notebook_kit as kit
 from notebook_kit.config import RetryPolicy
 from notebook_kit.errors import CallError
 from notebook_kit.providers import DEMO_NOTICE, resolve
-from notebook_kit.providers.base import keyword_params
+from notebook_kit.providers.signatures import keyword_params
 from notebook_kit.providers.status import retry_after, status_error
 from notebook_kit.retry import Retrier, RowTries
 from notebook_kit.secrets import Redactor
@@ -202,6 +203,11 @@ def test_parameters_the_kit_sets_itself_are_refused(name: str) -> None:
     for provider in (kit.OpenAIProvider(api_key="sk-x"), kit.AnthropicProvider(api_key="sk-x")):
         with pytest.raises(kit.ConfigError, match=rf"^{name}=\.\.\."):
             provider.check_params({name: True})
+
+
+def test_a_stream_parameter_points_to_the_runs_stream_option() -> None:
+    with pytest.raises(kit.ConfigError, match=re.escape("run_df(..., stream=True)")):
+        kit.OpenAIProvider(api_key="sk-x").check_params({"stream": True})
 
 
 def test_the_demo_model_takes_any_parameter() -> None:

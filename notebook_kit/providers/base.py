@@ -3,9 +3,7 @@ model parameters, rate-limit headers, and SDK errors turned into `CallError`s.""
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
-import inspect
 import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -20,6 +18,7 @@ from ..types import Completion, ErrorType, OutputSchema, Request
 from .fast_http import Exotic, FastPost
 from .fast_stream import Rule, records
 from .replies import ReplyHeaders
+from .signatures import keyword_params
 from .status import (
     ErrorBody,
     rate_info as rate_info,  # where the providers found it first
@@ -97,18 +96,9 @@ KIT_PARAMS = {
     "model": "use model=... (or model_col=...)",
     "messages": "the messages come from the frame (template=..., messages_col=...)",
     "system": "use system=... (or system_col=...)",
-    "stream": "notebook_kit reads whole replies",
+    "stream": "use stream=True on the run (run_df(..., stream=True))",
     "timeout": "use timeout=... (seconds per attempt)",
 }
-
-
-@functools.cache
-def keyword_params(function: Callable[..., Any]) -> frozenset[str] | None:
-    """The keyword arguments `function` takes (None: any, it has **kwargs); read once."""
-    params = inspect.signature(function).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def check_sdk_params(

@@ -20,6 +20,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from .replies import ReplyHeaders
+from .signatures import keyword_params
 
 log = logging.getLogger("notebook_kit")
 
@@ -217,8 +218,6 @@ class FastPost:
 def body_params(create: Any) -> frozenset[str]:
     """The parameters of an SDK's `create` that it sends as fields of the JSON body (none
     when it takes any keyword: then the SDK sends every request)."""
-    from .base import keyword_params
-
     return (keyword_params(create) or frozenset()) - NOT_BODY - frozenset(MERGED)
 
 
