@@ -21,10 +21,11 @@ from .job import Job
 from .kernel import display_in_cell, in_notebook
 from .options import checked, chosen_cache, chosen_provider, inputs, run_config
 from .pipeline_job import PipelineJob
+from .pipeline_panel import PipelinePanel
 from .progress import ProgressBar
 from .providers import DEMO_NOTICE
 from .registry import remember
-from .ui import Panel, PipelinePanel
+from .ui import Panel
 
 log = logging.getLogger("notebook_kit")
 

@@ -176,7 +176,7 @@ async def test_a_killed_pipeline_resumes_from_the_cache_step_by_step(
 
 def test_the_panel_has_a_line_and_a_slider_per_step(server: FakeLLMServer) -> None:
     from notebook_kit.pipeline_job import new_job
-    from notebook_kit.ui import PipelinePanel
+    from notebook_kit.pipeline_panel import PipelinePanel
 
     steps = [
         kit.Step("facts", template="{topic}", model="m", concurrency=3),
