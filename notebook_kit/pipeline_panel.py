@@ -7,7 +7,7 @@ import html
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .ui import _JobPanel
+from .ui import _JobPanel, concurrency_slider
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -63,14 +63,7 @@ class StepLine:
 
         self.concurrency = None
         if config is not None:
-            start = config.limits.concurrency
-            self.concurrency = widgets.IntSlider(
-                value=start,
-                min=1,
-                max=max(64, 4 * start),
-                description="concurrency",
-                continuous_update=False,
-            )
+            self.concurrency = concurrency_slider(config.limits.concurrency)
         self.bar = widgets.IntProgress(value=0, min=0, max=max(total, 1))
         self.counts = widgets.HTML()
         label = widgets.HTML(f"<b>{html.escape(name)}</b>", layout=widgets.Layout(width="8em"))

@@ -31,6 +31,19 @@ def _options(current: str | None, *more: Sequence[str]) -> list[str]:
     return seen
 
 
+def concurrency_slider(start: int) -> Any:
+    """The concurrency slider of a panel, starting at `start` (room to go up to 4x)."""
+    import ipywidgets as widgets
+
+    return widgets.IntSlider(
+        value=start,
+        min=1,
+        max=max(64, 4 * start),
+        description="concurrency",
+        continuous_update=False,
+    )
+
+
 class _Callbacks:
     """Runs widget callbacks and shows their errors in an HTML line of the panel."""
 
@@ -179,14 +192,7 @@ class Panel(_JobPanel):
         import ipywidgets as widgets
 
         super().__init__(job, hint=hint)
-        start = job.config.limits.concurrency
-        self.concurrency = widgets.IntSlider(
-            value=start,
-            min=1,
-            max=max(64, 4 * start),
-            description="concurrency",
-            continuous_update=False,
-        )
+        self.concurrency = concurrency_slider(job.config.limits.concurrency)
         self.model = widgets.Dropdown(
             options=_options(job.config.model, models, job.provider.models),
             value=job.config.model,
