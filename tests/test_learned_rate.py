@@ -128,6 +128,29 @@ async def test_stray_429s_do_not_cut_a_learned_rate_until_it_regrows() -> None:
     assert meter.rate == pytest.approx(grown * BACKOFF)
 
 
+async def test_a_huge_retry_after_is_the_gates_to_cap_not_the_learned_rates() -> None:
+    """Retry-After: 1e9 on the 429s of an overload. The start gate waits at most
+    `retry_after_cap`; the learned rate used to push its next start a billion seconds away
+    (uncapped), so every row sat in it after the gate had opened."""
+    from notebook_kit.clock import LoopClock
+    from notebook_kit.errors import CallError
+    from notebook_kit.meters import AttemptOutcome
+    from notebook_kit.meters.learned import CROWDED, LearnedRate
+    from notebook_kit.types import Completion, ErrorType, Request
+
+    meter = LearnedRate(LoopClock())
+    request = Request(key=0, messages=[{"role": "user", "content": "hi"}])
+    await meter.acquire(request)
+    await asyncio.sleep(1.0)
+    for _ in range(10):
+        meter.release(None, AttemptOutcome(request, True, Completion(text="x", model="m")))
+    huge = CallError(ErrorType.RATE_LIMIT, "429", status=429, retry_after=1e9)
+    for _ in range(CROWDED):
+        meter.release(None, AttemptOutcome(request, True, None, huge))
+    assert meter.rate is not None  # the overload was learned
+    await asyncio.wait_for(meter.acquire(request), timeout=10.0)  # virtual seconds
+
+
 def test_learn_rate_is_an_option() -> None:
     with pytest.raises(kit.ConfigError, match="learn_rate must be True or False"):
         kit.run_df_sync(pd.DataFrame({"p": ["x"]}), "p", learn_rate="no")  # type: ignore[arg-type]

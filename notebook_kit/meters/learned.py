@@ -24,7 +24,6 @@ import math
 from collections import deque
 
 from ..clock import Clock
-from ..retry import server_wait
 from ..types import ErrorType, Request
 from .base import AttemptOutcome
 
@@ -86,16 +85,16 @@ class LearnedRate:
         now = self._clock.now()
         if error is not None and error.error_type is ErrorType.RATE_LIMIT:
             self._replies.append(True)
-            self._cut(now, server_wait(error))
+            self._cut(now)
         elif completion is not None:
             self._replies.append(False)
             self._accepted.append(now)
             while self._accepted and self._accepted[0] < now - WINDOW:
                 self._accepted.popleft()
 
-    def _cut(self, now: float, retry_after: float | None) -> None:
+    def _cut(self, now: float) -> None:
         """A 429: the first of an overload cuts the rate; the rest of its burst, and stray
-        429s, do not."""
+        429s, do not. (Its Retry-After is the start gate's to wait out, capped.)"""
         if now < self._cut_at + CALM:
             return
         current = self._current()
@@ -115,7 +114,6 @@ class LearnedRate:
         self.rate = self._cut_to = max(base * BACKOFF, 1.0 / 60)  # at least one a minute
         self._cut_from = base
         self._cut_at = now
-        self._next_start = max(self._next_start, now + (retry_after or 0.0))
 
     def _current(self) -> float | None:
         """The rate now: grown since the last cut."""
